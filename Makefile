@@ -1,0 +1,55 @@
+# Every target sets up .venv from a bare Python when missing (pip only; torch comes from the local index).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+DEMO_DIR ?= demo_runs
+
+.PHONY: install test lint demo demo-supcon demo-roi demo-tracking demo-prototype demo-senet bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+demo: demo-supcon demo-roi demo-tracking demo-prototype demo-senet
+
+demo-supcon: $(STAMP)
+	$(PY) scripts/demo_supcon.py --out $(DEMO_DIR)/supcon
+
+demo-roi: $(STAMP)
+	bash scripts/demo_roi.sh $(DEMO_DIR)/roi
+
+demo-tracking: $(STAMP)
+	$(PY) tracking.py
+
+demo-prototype: $(STAMP)
+	$(PY) scripts/demo_prototype_memory.py --out $(DEMO_DIR)/prototype
+
+demo-senet: $(STAMP)
+	bash scripts/demo_senet.sh $(DEMO_DIR)/senet
+
+bench: $(BENCH_STAMP)
+	$(PY) bench/supcon_bench.py
+	$(PY) bench/roi_bench.py
+	$(PY) bench/tracking_bench.py
+	$(PY) bench/prototype_bench.py
+	$(PY) bench/senet_bench.py
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

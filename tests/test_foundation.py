@@ -1,0 +1,132 @@
+"""Shared helpers of myutils/: checkpoints, seeding, schedules, class folders, retrieval metrics."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.distances import CosineSimilarity
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+from pytorch_metric_learning.utils.inference import CustomKNN
+
+from myutils.checkpoint import load_checkpoint, save_checkpoint
+from myutils.image_folder import ImageFolderDataset, collate_skip_none, scan_image_folder, split_per_class
+from myutils.image_io import read_image_rgb, write_image_rgb
+from myutils.retrieval import retrieval_metrics, top_k_search
+from myutils.schedule import warmup_cosine_factor
+from myutils.seeding import capture_rng_state, restore_rng_state, seed_everything
+
+
+def test_checkpoint_round_trip_is_weights_only_and_atomic(tmp_path):
+    state = {"model": {"w": torch.randn(3, 2)}, "epoch": 4, "classes": ["a", "ü"], "metrics": {"map": 0.5}}
+    path = save_checkpoint(state, tmp_path / "sub" / "ckpt.pth")
+    assert list(path.parent.iterdir()) == [path]  # no temp file left behind
+    loaded = torch.load(path, weights_only=True)
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert loaded["classes"] == ["a", "ü"] and loaded["epoch"] == 4
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_checkpoint(bad)
+
+
+def test_rng_state_survives_a_checkpoint(tmp_path):
+    seed_everything(3)
+    save_checkpoint({"rng": capture_rng_state()}, tmp_path / "rng.pth")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng_state(load_checkpoint(tmp_path / "rng.pth")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_warmup_cosine_factor():
+    assert warmup_cosine_factor(0, 4, 20) == pytest.approx(0.25)
+    assert warmup_cosine_factor(3, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine_factor(4, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine_factor(12, 4, 20) == pytest.approx(0.5)
+    assert warmup_cosine_factor(20, 4, 20, min_factor=0.1) == pytest.approx(0.1)
+
+
+def test_image_folder_unicode_corrupt_and_split(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, count in [("裙子", 4), ("shirt", 3), ("single", 1)]:
+        for i in range(count):
+            write_image_rgb(tmp_path / name / f"图{i}.png", rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    (tmp_path / "shirt" / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
+    records, classes = scan_image_folder(tmp_path)
+    assert classes == sorted(["裙子", "shirt", "single"]) and len(records) == 9
+    assert read_image_rgb(tmp_path / "裙子" / "图0.png").shape == (8, 8, 3)
+
+    train, val = split_per_class(records, 0.25, seed=0)
+    assert len(train) + len(val) == 9
+    assert {r.label for r in train} == {0, 1, 2}  # every class keeps training images, the single one too
+    assert classes.index("single") not in {r.label for r in val}
+
+    dataset = ImageFolderDataset(records, transform=lambda image: torch.from_numpy(image).permute(2, 0, 1))
+    inputs, labels, indices, n_skipped = collate_skip_none([dataset[i] for i in range(len(dataset))])
+    assert n_skipped == 1 and inputs.shape == (8, 3, 8, 8)
+    assert dataset.skipped_paths == {str(tmp_path / "shirt" / "broken.jpg")}
+
+
+def test_scan_image_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan_image_folder(tmp_path / "nope")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        scan_image_folder(tmp_path / "file.txt")
+    with pytest.raises(ValueError, match="no class folders"):
+        scan_image_folder(tmp_path)
+
+
+def _pml_metrics(query, query_labels, gallery, gallery_labels, same_set):
+    calculator = AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r", "mean_reciprocal_rank"),
+        k=None,
+        knn_func=CustomKNN(CosineSimilarity()),
+        device=torch.device("cpu"),
+    )
+    return calculator.get_accuracy(query, query_labels, gallery, gallery_labels, ref_includes_query=same_set)
+
+
+@pytest.mark.parametrize("same_set", [True, False])
+def test_retrieval_metrics_equal_accuracy_calculator(same_set):
+    torch.manual_seed(0)
+    gallery_labels = torch.randint(0, 6, (120,))
+    gallery = F.normalize(torch.randn(120, 16) + 1.5 * F.one_hot(gallery_labels, 16).float(), dim=1)
+    if same_set:
+        query, query_labels = gallery, gallery_labels
+    else:
+        query_labels = torch.randint(0, 7, (50,))  # label 6 has no gallery match
+        query = F.normalize(torch.randn(50, 16) + 1.5 * F.one_hot(query_labels, 16).float(), dim=1)
+    ours = retrieval_metrics(query, query_labels, gallery, gallery_labels, queries_in_gallery=same_set, chunk_size=17)
+    reference = _pml_metrics(query, query_labels, gallery, gallery_labels, same_set)
+    assert ours["precision_at_1"] == pytest.approx(reference["precision_at_1"], abs=1e-6)
+    assert ours["r_precision"] == pytest.approx(reference["r_precision"], abs=1e-6)
+    assert ours["map_at_r"] == pytest.approx(reference["mean_average_precision_at_r"], abs=1e-6)
+    assert ours["mrr"] == pytest.approx(reference["mean_reciprocal_rank"], abs=1e-6)
+
+    # recall@K from an independent brute-force ranking
+    sims = query @ gallery.T
+    if same_set:
+        sims.fill_diagonal_(-float("inf"))
+    valid = torch.tensor([(gallery_labels == label).sum() - int(same_set) > 0 for label in query_labels])
+    top5 = sims.topk(5, dim=1).indices
+    hit5 = (gallery_labels[top5] == query_labels[:, None]).any(1)
+    assert ours["recall_at_5"] == pytest.approx(hit5[valid].float().mean().item(), abs=1e-6)
+    assert ours["num_queries"] == int(valid.sum())
+
+
+def test_top_k_search_matches_full_sort():
+    torch.manual_seed(1)
+    query, gallery = F.normalize(torch.randn(9, 8), dim=1), F.normalize(torch.randn(40, 8), dim=1)
+    scores, indices = top_k_search(query, gallery, k=5, chunk_size=4)
+    expected = (query @ gallery.T).sort(dim=1, descending=True)
+    assert torch.equal(indices, expected.indices[:, :5])
+    assert torch.allclose(scores, expected.values[:, :5])
