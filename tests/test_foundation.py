@@ -130,3 +130,18 @@ def test_top_k_search_matches_full_sort():
     expected = (query @ gallery.T).sort(dim=1, descending=True)
     assert torch.equal(indices, expected.indices[:, :5])
     assert torch.allclose(scores, expected.values[:, :5])
+
+
+def test_mot_file_round_trip_and_errors(tmp_path):
+    from myutils.mot_io import read_mot, rows_by_frame, write_mot
+
+    rows = np.array([[2, 1, 10.5, 20, 30, 40, 0.9], [1, 2, 0, 0, 5, 5, 1.0], [1, 1, 3.25, 4, 6, 8, 0.5]])
+    path = write_mot(tmp_path / "res.txt", rows)
+    back = read_mot(path)
+    assert back.shape == (3, 10)
+    assert back[:, :2].tolist() == [[1, 1], [1, 2], [2, 1]]  # sorted by frame, then id
+    assert back[0, 2:7].tolist() == [3.25, 4, 6, 8, 0.5] and (back[:, 7:] == -1).all()
+    assert sorted(rows_by_frame(back)) == [1, 2]
+    (tmp_path / "bad.txt").write_text("1,2,3\n")
+    with pytest.raises(ValueError, match="bad.txt:1"):
+        read_mot(tmp_path / "bad.txt")
