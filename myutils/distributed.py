@@ -106,3 +106,19 @@ def all_reduce_mean(value: float, device: torch.device) -> float:
     tensor = torch.tensor([float(value)], device=device, dtype=torch.float64)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item()) / dist.get_world_size()
+
+
+def all_gather_variable(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Concatenate ``tensor`` over ranks along dim 0 when ranks hold different lengths (no gradient).
+
+    Returns ``(gathered, sizes)``; rank ``r``'s rows are ``gathered[sum(sizes[:r]) : sum(sizes[:r + 1])]``.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor, [tensor.shape[0]]
+    size = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    sizes = [int(s) for s in all_gather_tensor(size)]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = all_gather_tensor(padded)
+    parts = [gathered[r * max(sizes) : r * max(sizes) + n] for r, n in enumerate(sizes)]
+    return torch.cat(parts, dim=0), sizes
