@@ -40,6 +40,7 @@ class MOTSummary:
     num_false_positives: int
     num_misses: int
     num_matches: int
+    num_id_true_positives: int
     num_objects: int
     num_predictions: int
     num_unique_objects: int
@@ -126,8 +127,27 @@ def evaluate_mot(ground_truth: np.ndarray, results: np.ndarray, iou_threshold: f
         idp=id_true_positives / num_predictions if num_predictions else float("nan"),
         idr=id_true_positives / num_objects if num_objects else float("nan"),
         num_switches=switches, num_false_positives=false_positives, num_misses=misses, num_matches=matches,
-        num_objects=num_objects, num_predictions=num_predictions, num_unique_objects=len(gt_index),
+        num_id_true_positives=id_true_positives, num_objects=num_objects, num_predictions=num_predictions,
+        num_unique_objects=len(gt_index),
         mostly_tracked=int((track_ratio >= 0.8).sum()), mostly_lost=int((track_ratio < 0.2).sum()),
+    )
+
+
+def combine_summaries(summaries: list[MOTSummary]) -> MOTSummary:
+    """Totals over several sequences (MOTChallenge style: counts are summed, then the ratios recomputed)."""
+    total = {key: sum(getattr(s, key) for s in summaries) for key in (
+        "num_switches", "num_false_positives", "num_misses", "num_matches", "num_id_true_positives",
+        "num_objects", "num_predictions", "num_unique_objects", "mostly_tracked", "mostly_lost")}
+    iou_sum = sum(s.motp * s.num_matches for s in summaries if s.num_matches)
+    objects, predictions, idtp = total["num_objects"], total["num_predictions"], total["num_id_true_positives"]
+    errors = total["num_misses"] + total["num_false_positives"] + total["num_switches"]
+    return MOTSummary(
+        mota=1.0 - errors / objects if objects else float("nan"),
+        motp=iou_sum / total["num_matches"] if total["num_matches"] else float("nan"),
+        idf1=2 * idtp / (objects + predictions) if objects + predictions else float("nan"),
+        idp=idtp / predictions if predictions else float("nan"),
+        idr=idtp / objects if objects else float("nan"),
+        **total,
     )
 
 

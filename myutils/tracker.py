@@ -3,7 +3,7 @@
 Per-frame contract: call :meth:`Tracker.update` exactly once per frame, in frame order, also
 for frames without detections, with the frame's detections as ``boxes [M, 4]`` (xyxy pixels),
 ``scores [M]`` and optionally ``embeddings [M, D]`` (L2-normalised; ``None`` = motion only).
-It returns the confirmed tracks that were matched in this frame.
+It returns the confirmed tracks that were matched in this frame, each with its detection's box.
 
 One frame runs these association rounds (each a gated Hungarian matching):
 
@@ -31,7 +31,7 @@ from enum import Enum
 import numpy as np
 
 from myutils.association import appearance_distance, fuse_costs, linear_assignment, normalize_rows
-from myutils.boxes import iou_matrix, xyah_to_xyxy, xyxy_to_xyah
+from myutils.boxes import iou_matrix, tlwh_to_xyxy, xyah_to_xyxy, xyxy_to_tlwh, xyxy_to_xyah
 from myutils.kalman_filter import KalmanBoxFilter, chi2_gate
 
 
@@ -106,7 +106,7 @@ class Track:
 
 @dataclass
 class TrackedObject:
-    """A reported track in one frame: the filtered box and the index of the detection it matched."""
+    """A reported track in one frame: the box of the detection it matched (xyxy) and that detection's index."""
 
     track_id: int
     box_xyxy: np.ndarray
@@ -166,7 +166,8 @@ class Tracker:
             if scores[j] >= cfg.new_track_score:
                 self._start_track(measurements[j], scores[j], None if embeddings is None else embeddings[j])
 
-        reported = [TrackedObject(track.track_id, track.box_xyxy, track.score, detection_index)
+        # the matched detection's box is reported: the filtered box lags behind on turns and size changes
+        reported = [TrackedObject(track.track_id, boxes[detection_index], track.score, detection_index)
                     for track, detection_index in updated if track.state is TrackState.CONFIRMED]
         return sorted(reported, key=lambda obj: obj.track_id)
 
@@ -267,3 +268,32 @@ class Tracker:
             track.add_embedding(embedding, self.config.ema_momentum)
         self.tracks.append(track)
         self._next_id += 1
+
+
+def results_to_mot_rows(frame: int, objects: list[TrackedObject]) -> np.ndarray:
+    """MOTChallenge result rows ``frame, id, left, top, w, h, conf, -1, -1, -1`` for one frame."""
+    rows = np.full((len(objects), 10), -1.0)
+    for row, obj in zip(rows, objects, strict=True):
+        row[:7] = [frame, obj.track_id, *xyxy_to_tlwh(obj.box_xyxy)[0], obj.score]
+    return rows
+
+
+def track_detections(detection_rows: np.ndarray, config: TrackerConfig | None = None,
+                     embeddings: np.ndarray | None = None, num_frames: int | None = None) -> np.ndarray:
+    """Track MOT detection rows (``frame, -1, left, top, w, h, conf, ...``, frames from 1) with a fresh
+    :class:`Tracker`; ``embeddings[i]`` belongs to ``detection_rows[i]``. Returns MOT result rows."""
+    detection_rows = np.asarray(detection_rows, dtype=np.float64).reshape(-1, np.shape(detection_rows)[-1])
+    if embeddings is not None and len(embeddings) != len(detection_rows):
+        raise ValueError(f"got {len(embeddings)} embeddings for {len(detection_rows)} detections")
+    frames = detection_rows[:, 0].astype(int)
+    last_frame = num_frames or (int(frames.max()) if len(frames) else 0)
+    order = np.argsort(frames, kind="stable")
+    starts = np.searchsorted(frames[order], np.arange(1, last_frame + 2))
+    tracker = Tracker(config)
+    results = []
+    for frame in range(1, last_frame + 1):
+        index = order[starts[frame - 1] : starts[frame]]
+        objects = tracker.update(tlwh_to_xyxy(detection_rows[index, 2:6]), detection_rows[index, 6],
+                                 None if embeddings is None else embeddings[index])
+        results.append(results_to_mot_rows(frame, objects))
+    return np.concatenate(results) if results else np.zeros((0, 10))
