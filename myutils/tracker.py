@@ -81,10 +81,10 @@ class TrackState(Enum):
 class Track:
     """One identity: its Kalman state, life-cycle counters and appearance memory."""
 
-    track_id: int
     mean: np.ndarray  # [8]
     cov: np.ndarray  # [8, 8]
     score: float
+    track_id: int = 0  # given at confirmation, so reported ids count up without gaps
     state: TrackState = TrackState.TENTATIVE
     hits: int = 1
     time_since_update: int = 0
@@ -254,21 +254,24 @@ class Tracker:
             track.hits += 1
             track.time_since_update = 0
             if track.state is TrackState.TENTATIVE and track.hits >= cfg.n_init:
-                track.state = TrackState.CONFIRMED
+                self._confirm(track)
             if embeddings is not None and scores[detection] >= cfg.feature_min_score:
                 track.add_embedding(embeddings[detection], cfg.ema_momentum)
         return list(zip(tracks, det_indices, strict=True))
 
     def _start_track(self, measurement, score, embedding) -> None:
         mean, cov = self.kalman.initiate(measurement[None])
-        track = Track(self._next_id, mean[0], cov[0], float(score), bank=deque(maxlen=self.config.bank_size))
+        track = Track(mean[0], cov[0], float(score), bank=deque(maxlen=self.config.bank_size))
         if self.config.n_init <= 1:
-            track.state = TrackState.CONFIRMED
+            self._confirm(track)
         if embedding is not None:
             track.add_embedding(embedding, self.config.ema_momentum)
         self.tracks.append(track)
-        self._next_id += 1
 
+    def _confirm(self, track: Track) -> None:
+        track.state = TrackState.CONFIRMED
+        track.track_id = self._next_id
+        self._next_id += 1
 
 def results_to_mot_rows(frame: int, objects: list[TrackedObject]) -> np.ndarray:
     """MOTChallenge result rows ``frame, id, left, top, w, h, conf, -1, -1, -1`` for one frame."""

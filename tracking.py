@@ -1,0 +1,274 @@
+"""Multi-object tracking: YOLOv7 (or a detection file) + Kalman filter + Hungarian matching + ROI appearance.
+
+    python tracking.py                                      # demo: generated scene, prints the evaluation
+    python tracking.py --frames seq/img1 --detections seq/det/det.txt --output results.txt --gt seq/gt/gt.txt
+    python tracking.py --video in.mp4 --yolo_weights yolov7.pt --encoder roi_encoder.pth --save_video out.mp4
+    python tracking.py --detections det.txt --output results.txt    # motion only, no images at all
+
+Detections come from YOLOv7 on the frames or from a MOTChallenge file (``frame, -1, left, top,
+w, h, conf, ...``, frames from 1). With ``--encoder`` each box gets the ROI encoder's embedding
+of the SPPCSPC map of the same YOLOv7 forward pass (or of a backbone-only pass for file
+detections). Results are written in MOTChallenge format (``frame, id, left, top, w, h, conf,
+-1, -1, -1``). The same job as a function: :func:`track`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from myutils.boxes import tlwh_to_xyxy
+from myutils.mot_io import read_mot, rows_by_frame, write_mot
+from myutils.mot_metrics import MOTSummary, evaluate_mot, format_summary
+from myutils.tracker import TrackedObject, Tracker, TrackerConfig, results_to_mot_rows
+
+DEMO_DIR = Path("demo_runs/tracking")
+TRAIL_LENGTH = 20
+
+
+@dataclass
+class TrackingRun:
+    rows: np.ndarray  # MOT result rows [N, 10]
+    num_frames: int
+    association_fps: float  # tracker.update calls only (no detector, no encoder)
+    summary: MOTSummary | None = None
+
+
+class Appearance:
+    """ROI embeddings of boxes: YOLOv7 SPPCSPC map -> ROI align -> ROI encoder (unit vectors)."""
+
+    def __init__(self, encoder_path: str | os.PathLike, detector):
+        from myutils.roi_encoder import load_roi_encoder
+
+        self.detector = detector
+        self.encoder = load_roi_encoder(encoder_path, detector.device)
+
+    @torch.no_grad()
+    def embed(self, features: torch.Tensor, letterbox, boxes_xyxy: np.ndarray) -> np.ndarray:
+        from myutils.roi_features import roi_align_features
+
+        if len(boxes_xyxy) == 0:
+            return np.zeros((0, self.encoder.config.embedding_dim))
+        boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32, device=features.device)
+        return self.encoder(roi_align_features(features, boxes, letterbox)).float().cpu().numpy()
+
+
+def frame_numbers_and_images(source_path: str | None, last_detection_frame: int) -> Iterator[tuple]:
+    """``(frame number, RGB image or None)`` for every frame from 1 to the last one, so the tracker
+    steps once per frame even where an image is unreadable or there are no images at all."""
+    if source_path is None:
+        yield from ((number, None) for number in tqdm(range(1, last_detection_frame + 1), unit="frame",
+                                                        desc="tracking"))
+        return
+    from myutils.frame_source import FrameSource
+
+    source = FrameSource(source_path)
+    expected = 1
+    for frame in tqdm(source, total=len(source), unit="frame", desc="tracking"):
+        for missing in range(expected, frame.number):  # skipped (unreadable) images
+            yield missing, None
+        yield frame.number, frame.image
+        expected = frame.number + 1
+    if source.skipped:
+        print(f"skipped {source.skipped} unreadable image(s) in {source_path}")
+
+
+def draw_tracks(image: np.ndarray, objects: list[TrackedObject], trails: dict[int, deque]) -> np.ndarray:
+    """Boxes, ids and short trails of the track centres, in a colour per id (BGR image for OpenCV)."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    for obj in objects:
+        hue = (obj.track_id * 37) % 180
+        colour = tuple(int(c) for c in cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0])
+        x0, y0, x1, y1 = (int(round(v)) for v in obj.box_xyxy)
+        trail = trails[obj.track_id]
+        trail.append(((x0 + x1) // 2, (y0 + y1) // 2))
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), colour, 2)
+        cv2.putText(canvas, str(obj.track_id), (x0, max(y0 - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, 2)
+        cv2.polylines(canvas, [np.array(trail, np.int32)], False, colour, 2)
+    return canvas
+
+
+class Display:
+    """``--show``: a window where a display exists; otherwise a single notice and nothing more."""
+
+    def __init__(self, enabled: bool):
+        has_display = sys.platform in ("win32", "darwin") or any(
+            os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY"))
+        if enabled and not has_display:
+            print("--show: no display found, not opening a window")
+        self.enabled = enabled and has_display
+
+    def show(self, canvas: np.ndarray) -> None:
+        if not self.enabled:
+            return
+        try:
+            cv2.imshow("tracking", canvas)
+            cv2.waitKey(1)
+        except cv2.error:  # OpenCV built without GUI support (opencv-python-headless)
+            print("--show: this OpenCV build has no GUI support, not opening a window")
+            self.enabled = False
+
+
+def track(frames: str | None = None, video: str | None = None, detections: str | None = None,
+          yolo_weights: str | None = None, conf: float = 0.25, iou: float = 0.45, img_size: int = 640,
+          encoder: str | None = None, no_appearance: bool = False, output: str | None = None,
+          save_video: str | None = None, show: bool = False, gt: str | None = None, device: str | None = None,
+          config: TrackerConfig | None = None) -> TrackingRun:
+    """Track one sequence; the CLI's job as a function. Returns the result rows (and the evaluation with ``gt``)."""
+    if frames and video:
+        raise ValueError("give --frames or --video, not both")
+    source = frames or video
+    if source is None and detections is None:
+        raise ValueError("nothing to track: give --frames, --video or --detections")
+    use_appearance = encoder is not None and not no_appearance
+    if use_appearance and source is None:
+        raise ValueError("--encoder needs the images (--frames or --video) to compute ROI embeddings")
+    if save_video and source is None:
+        raise ValueError("--save_video needs the images (--frames or --video)")
+    file_detections = rows_by_frame(read_mot(detections)) if detections else None
+    detector = None
+    if detections is None or use_appearance:
+        from myutils.detector import YOLOv7Detector
+
+        detector = YOLOv7Detector(yolo_weights, img_size=img_size, conf_threshold=conf, iou_threshold=iou,
+                                  device=device)
+    appearance = Appearance(encoder, detector) if use_appearance else None
+
+    tracker = Tracker(config)
+    display = Display(show)
+    trails: dict[int, deque] = defaultdict(lambda: deque(maxlen=TRAIL_LENGTH))
+    writer = None
+    results, association_seconds, num_frames = [], 0.0, 0
+    last_detection_frame = max(file_detections, default=0) if file_detections else 0
+    for number, image in frame_numbers_and_images(source, last_detection_frame):
+        boxes, scores, embeddings = frame_detections(number, image, file_detections, detector, appearance)
+        start = time.perf_counter()
+        objects = tracker.update(boxes, scores, embeddings)
+        association_seconds += time.perf_counter() - start
+        results.append(results_to_mot_rows(number, objects))
+        num_frames += 1
+        if image is not None and (save_video or display.enabled):
+            canvas = draw_tracks(image, objects, trails)
+            if save_video:
+                writer = writer or open_video_writer(save_video, canvas.shape[1], canvas.shape[0])
+                writer.write(canvas)
+            display.show(canvas)
+    if writer is not None:
+        writer.release()
+    rows = np.concatenate(results) if results else np.zeros((0, 10))
+    if output:
+        write_mot(output, rows)
+    run = TrackingRun(rows, num_frames, num_frames / max(association_seconds, 1e-9))
+    if gt:
+        run.summary = evaluate_mot(read_mot(gt), rows)
+    return run
+
+
+def frame_detections(number: int, image: np.ndarray | None, file_detections: dict | None, detector,
+                     appearance: Appearance | None):
+    """Boxes (xyxy), scores and embeddings (or ``None``) of one frame, from the file or from YOLOv7."""
+    features = letterbox = None
+    if file_detections is not None:
+        rows = file_detections.get(number, np.zeros((0, 10)))
+        boxes, scores = tlwh_to_xyxy(rows[:, 2:6]), rows[:, 6]
+        if appearance is not None and image is not None:
+            features, letterbox = detector.backbone_features(image)
+    elif image is not None:
+        result = detector(image)
+        boxes, scores = result.boxes.cpu().double().numpy(), result.scores.cpu().double().numpy()
+        features, letterbox = result.features, result.letterbox
+    else:  # an unreadable image and no detection file: nothing detected
+        return np.zeros((0, 4)), np.zeros(0), None
+    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # zero-size boxes carry no object
+    boxes, scores = boxes[valid], scores[valid]
+    if features is None:
+        return boxes, scores, None
+    return boxes, scores, appearance.embed(features, letterbox, boxes)
+
+
+def open_video_writer(path: str, width: int, height: int) -> cv2.VideoWriter:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"cannot write video {path} (no mp4v encoder in this OpenCV build?)")
+    return writer
+
+
+def prepare_demo(out_dir: Path, difficulty: str = "medium", seed: int = 0) -> Path:
+    """A generated scene as a MOT sequence (frames, gt) plus simulated detections in ``det/det.txt``."""
+    from myutils.simulated_detector import simulate_detections
+    from myutils.synthetic_scenes import generate_scene, write_mot_sequence
+
+    scene = generate_scene(num_frames=300, num_objects=8, seed=seed, difficulty=difficulty)
+    sequence = write_mot_sequence(scene, out_dir / "sequence")
+    detected = simulate_detections(scene.ground_truth, scene.width, scene.height, difficulty, seed)
+    write_mot(sequence / "det" / "det.txt", detected.rows)
+    return sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    inputs = parser.add_argument_group("input (none of them: the generated demo scene)")
+    inputs.add_argument("--video", help="video file to track")
+    inputs.add_argument("--frames", help="folder of images named by frame number (or a MOT sequence folder)")
+    inputs.add_argument("--detections", help="MOTChallenge detection file (frame, -1, left, top, w, h, conf, ...); "
+                                             "without it YOLOv7 detects on the frames")
+    detector = parser.add_argument_group("YOLOv7 detector and appearance")
+    detector.add_argument("--yolo_weights", help="local YOLOv7 checkpoint (official yolov7.pt or a state dict); "
+                                                 "none: a random network (only meaningful for tests)")
+    detector.add_argument("--conf", type=float, default=0.25, help="detection confidence threshold")
+    detector.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    detector.add_argument("--img_size", type=int, default=640, help="letterboxed square input size (multiple of 32)")
+    detector.add_argument("--encoder", help="ROI encoder checkpoint written by main_train.py (appearance embeddings)")
+    detector.add_argument("--no_appearance", action="store_true", help="motion only, even if --encoder is given")
+    detector.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    outputs = parser.add_argument_group("output")
+    outputs.add_argument("--output", help="results in MOTChallenge format (demo default: demo_runs/tracking/results.txt)")
+    outputs.add_argument("--save_video", help="write an .mp4 with boxes, ids and trails")
+    outputs.add_argument("--show", action="store_true", help="show the frames in a window (only where a display exists)")
+    outputs.add_argument("--gt", help="MOTChallenge ground truth: print MOTA, IDF1, ID switches, FP, misses")
+    tracker = parser.add_argument_group("tracker thresholds")
+    defaults = TrackerConfig()
+    for name, text in TrackerConfig.field_help().items():
+        default = getattr(defaults, name)
+        tracker.add_argument(f"--{name}", type=type(default), default=default, help=f"{text} (default {default})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> TrackingRun:
+    args = build_parser().parse_args(argv)
+    config = TrackerConfig(**{f.name: getattr(args, f.name) for f in fields(TrackerConfig)})
+    if args.video is None and args.frames is None and args.detections is None:
+        print(f"no input given: tracking the generated demo scene in {DEMO_DIR}/")
+        sequence = prepare_demo(DEMO_DIR)
+        args.frames, args.detections = str(sequence / "img1"), str(sequence / "det" / "det.txt")
+        args.gt = str(sequence / "gt" / "gt.txt")
+        args.output = args.output or str(DEMO_DIR / "results.txt")
+        args.save_video = args.save_video or str(DEMO_DIR / "tracking.mp4")
+    run = track(frames=args.frames, video=args.video, detections=args.detections, yolo_weights=args.yolo_weights,
+                conf=args.conf, iou=args.iou, img_size=args.img_size, encoder=args.encoder,
+                no_appearance=args.no_appearance, output=args.output, save_video=args.save_video,
+                show=args.show, gt=args.gt, device=args.device, config=config)
+    print(f"tracked {run.num_frames} frames, {len(np.unique(run.rows[:, 1]))} identities, "
+          f"association {run.association_fps:.0f} frames/s")
+    for path in (args.output, args.save_video):
+        if path:
+            print(f"wrote {path}")
+    if run.summary is not None:
+        print(format_summary({"tracker": run.summary}))
+    return run
+
+
+if __name__ == "__main__":
+    main()
