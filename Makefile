@@ -39,7 +39,7 @@ demo-tracking: $(STAMP)
 	$(PY) tracking.py
 
 demo-prototype: $(STAMP)
-	$(PY) scripts/demo_prototype_memory.py --out $(DEMO_DIR)/prototype
+	$(PY) scripts/demo_prototype_memory.py --out $(DEMO_DIR)/prototype --use_learned_selector
 
 demo-senet: $(STAMP)
 	bash scripts/demo_senet.sh $(DEMO_DIR)/senet

@@ -3,6 +3,8 @@ the similarity/distance details against an independent implementation, state rou
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 
 from myutils.checkpoint import save_checkpoint
 from myutils.contrastive_prototype_manager import ContrastivePrototypeManager, rescaled_sigmoid_weights
+from myutils.toy_segmentation import centroid_margin, mean_iou
 
 NUM_CLASSES, DIM = 3, 8
 
@@ -331,3 +334,39 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="collides with a class id"):
         ContrastivePrototypeManager(NUM_CLASSES, DIM, ignore_index=1)
     assert not manager.memory_count.any()  # nothing stored by the failed calls
+
+
+# ------------------------------------------------------------------ demo and its toy task
+def test_mean_iou_and_centroid_margin_against_direct_counts():
+    gen = torch.Generator().manual_seed(12)
+    target, predicted = torch.randint(0, 3, (500,), generator=gen), torch.randint(0, 3, (500,), generator=gen)
+    ious = [((predicted == c) & (target == c)).sum() / ((predicted == c) | (target == c)).sum() for c in range(3)]
+    assert mean_iou(predicted, target, 3) == pytest.approx(float(sum(ious) / 3))
+    assert mean_iou(target, target, 3) == 1.0
+    labels = torch.tensor([0, 0, 1, 1])
+    features = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [0.0, 1.0]])
+    assert centroid_margin(features, labels, 2) == pytest.approx(1.0)  # cos 1 to own centre, 0 to the other
+    # labels 0,1,1,1: centres (1, 0) and normalize(1/3, 2/3); margins 1 − 1/√5, 1/√5 − 1, 2/√5, 2/√5
+    assert centroid_margin(features, torch.tensor([0, 1, 1, 1]), 2) == pytest.approx(5**-0.5, rel=1e-6)
+
+
+def test_demo_runs_end_to_end_and_logs_loss_keys(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from scripts.demo_prototype_memory import main
+
+    main(["--out", str(tmp_path), "--steps", "3", "--eval-every", "2", "--labeled", "2", "--unlabeled", "3",
+          "--test", "2", "--image-size", "16", "--use_learned_selector", "--confidence-threshold", "0.0"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"supervised_only", "prototype_memory", "prototype_memory_learned_selector"}
+    assert all(0.0 <= run["test_miou"] <= 1.0 for run in results.values())
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    state = torch.load(tmp_path / "prototype_memory_learned_selector" / "checkpoint.pth", weights_only=True)
+    manager = ContrastivePrototypeManager(3, 16, 64, use_learned_selector=True)
+    manager.load_state_dict(state["prototype_manager"])
+    assert manager.memory_count.sum() > 0
+    events = EventAccumulator(str(tmp_path / "prototype_memory" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"Loss/supervised", "Loss/labeled_prototype_contrastive", "Loss/unlabeled_prototype_total"} <= tags
+    assert len(events.Scalars("Loss/labeled_prototype_contrastive")) == 3
