@@ -192,7 +192,7 @@ def frame_detections(number: int, image: np.ndarray | None, file_detections: dic
         return np.zeros((0, 4)), np.zeros(0), None
     valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # zero-size boxes carry no object
     boxes, scores = boxes[valid], scores[valid]
-    if features is None:
+    if appearance is None or features is None:
         return boxes, scores, None
     return boxes, scores, appearance.embed(features, letterbox, boxes)
 

@@ -62,7 +62,7 @@ def simulate_detections(ground_truth: np.ndarray, width: int, height: int, diffi
             if rng.random() < params["miss_rate"]:
                 continue
             box = _jitter(left, top, w, h, params["jitter"], rng)
-            # partly hidden objects score lower: they drop into the low-score band below ~40 % visibility
+            # partly hidden objects score lower: below ~35 % visibility they drop into the low-score band (< 0.5)
             score = np.clip(rng.normal(0.85, 0.07) * (0.35 + 0.65 * seen), 0.05, 0.99)
             _append(rows, identities, visibility, frame, box, score, identity, seen, width, height)
         for _ in range(rng.poisson(params["false_positives"])):

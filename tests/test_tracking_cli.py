@@ -1,0 +1,126 @@
+"""tracking.py end to end on a generated MOT sequence: detection files, frames, video, encoder, errors."""
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import tracking
+from myutils.checkpoint import save_checkpoint
+from myutils.mot_io import read_mot, write_mot
+from myutils.roi_encoder import ROIEncoder, encoder_checkpoint_state
+from myutils.simulated_detector import simulate_detections
+from myutils.synthetic_scenes import generate_scene, write_mot_sequence
+from myutils.tracker import TrackerConfig, track_detections
+
+NUM_FRAMES = 30
+SHORT = 4  # frames of the sequence that runs YOLOv7 (slow on CPU) at a 64-pixel input
+
+
+def generated_sequence(folder, num_frames):
+    scene = generate_scene(num_frames=num_frames, num_objects=4, width=320, height=192, seed=5, difficulty="easy")
+    path = write_mot_sequence(scene, folder)
+    write_mot(path / "det" / "det.txt", simulate_detections(scene.ground_truth, 320, 192, "easy", seed=5).rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory):
+    return generated_sequence(tmp_path_factory.mktemp("tracking") / "seq", NUM_FRAMES)
+
+
+@pytest.fixture(scope="module")
+def short_sequence(tmp_path_factory):
+    return generated_sequence(tmp_path_factory.mktemp("tracking") / "short", SHORT)
+
+
+def test_help_describes_the_options():
+    result = subprocess.run([sys.executable, "tracking.py", "--help"], capture_output=True, text=True, check=True,
+                            cwd=tracking.Path(tracking.__file__).parent)
+    for option in ("--video", "--frames", "--detections", "--encoder", "--no_appearance", "--save_video", "--gt",
+                   "--max_age", "--n_init", "--reid_max_distance"):
+        assert option in result.stdout
+
+
+def test_detections_file_only_motion_tracking(sequence, tmp_path, capsys):
+    output = tmp_path / "results.txt"
+    run = tracking.main(["--detections", str(sequence / "det" / "det.txt"), "--output", str(output),
+                         "--gt", str(sequence / "gt" / "gt.txt"), "--n_init", "2"])
+    written = read_mot(output)
+    expected = track_detections(read_mot(sequence / "det" / "det.txt"), TrackerConfig(n_init=2))
+    assert np.array_equal(written[:, :2], expected[:, :2])
+    assert np.allclose(written[:, 2:6], expected[:, 2:6], atol=0.006)
+    assert (written[:, 7:] == -1).all()
+    printed = capsys.readouterr().out
+    assert "MOTA" in printed and "IDF1" in printed and f"{run.summary.mota:.3f}" in printed
+    assert run.summary.mota > 0.5 and run.summary.num_switches <= 2
+
+
+def test_frames_with_detections_and_video_output(sequence, tmp_path):
+    video = tmp_path / "out.mp4"
+    run = tracking.track(frames=str(sequence / "img1"), detections=str(sequence / "det" / "det.txt"),
+                         save_video=str(video), gt=str(sequence / "gt" / "gt.txt"))
+    assert run.num_frames == NUM_FRAMES
+    capture = cv2.VideoCapture(str(video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == NUM_FRAMES
+    ok, frame = capture.read()
+    capture.release()
+    assert ok and frame.shape == (192, 320, 3)
+    # the same detections without images give the same tracks
+    without_images = tracking.track(detections=str(sequence / "det" / "det.txt"))
+    assert np.array_equal(run.rows, without_images.rows)
+
+
+def test_video_input_and_roi_encoder_appearance(short_sequence, tmp_path):
+    video = tmp_path / "in.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (320, 192))
+    for image in sorted((short_sequence / "img1").iterdir()):
+        writer.write(cv2.imread(str(image)))
+    writer.release()
+    torch.manual_seed(0)
+    encoder_path = save_checkpoint(encoder_checkpoint_state(ROIEncoder()), tmp_path / "encoder.pth")
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        run = tracking.track(video=str(video), detections=str(short_sequence / "det" / "det.txt"),
+                             encoder=str(encoder_path), img_size=64, device="cpu", output=str(tmp_path / "app.txt"),
+                             config=TrackerConfig(n_init=1))
+    assert run.num_frames == SHORT
+    assert len(read_mot(tmp_path / "app.txt")) == len(run.rows) > 0
+
+
+def test_appearance_embeddings_are_unit_vectors_per_box(short_sequence, tmp_path):
+    from myutils.detector import YOLOv7Detector
+    from myutils.image_io import read_image_rgb
+
+    save_checkpoint(encoder_checkpoint_state(ROIEncoder()), tmp_path / "encoder.pth")
+    with pytest.warns(UserWarning):
+        detector = YOLOv7Detector(img_size=64, device="cpu")
+    appearance = tracking.Appearance(tmp_path / "encoder.pth", detector)
+    features, letterbox = detector.backbone_features(read_image_rgb(short_sequence / "img1" / "000001.jpg"))
+    boxes = np.array([[10.0, 10.0, 80.0, 90.0], [100.0, 40.0, 180.0, 150.0]])
+    embeddings = appearance.embed(features, letterbox, boxes)
+    assert embeddings.shape == (2, 128) and np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert appearance.embed(features, letterbox, np.zeros((0, 4))).shape == (0, 128)
+
+
+def test_frames_with_yolov7_detections(short_sequence, tmp_path):
+    output = tmp_path / "yolo.txt"
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        run = tracking.track(frames=str(short_sequence), img_size=64, conf=0.3, device="cpu", output=str(output),
+                             config=TrackerConfig(n_init=1))
+    assert run.num_frames == SHORT
+    written = read_mot(output)  # a random network may detect anything or nothing; the file is valid either way
+    assert written.shape == run.rows.shape and set(written[:, 0]) <= set(range(1, SHORT + 1))
+
+
+def test_bad_arguments_are_clear_errors(sequence):
+    with pytest.raises(ValueError, match="nothing to track"):
+        tracking.track()
+    with pytest.raises(ValueError, match="not both"):
+        tracking.track(frames=str(sequence), video="x.mp4")
+    with pytest.raises(ValueError, match="needs the images"):
+        tracking.track(detections=str(sequence / "det" / "det.txt"), encoder="enc.pth")
+    with pytest.raises(FileNotFoundError):
+        tracking.track(detections=str(sequence / "missing.txt"))
