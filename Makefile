@@ -14,8 +14,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
-$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt requirements-bench-nodeps.txt
 	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) -m pip install -q --no-deps -r requirements-bench-nodeps.txt
 	touch $(BENCH_STAMP)
 
 install: $(STAMP)
