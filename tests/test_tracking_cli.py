@@ -11,6 +11,7 @@ import torch
 import tracking
 from myutils.checkpoint import save_checkpoint
 from myutils.mot_io import read_mot, write_mot
+from myutils.mot_metrics import combine_summaries, evaluate_mot
 from myutils.roi_encoder import ROIEncoder, encoder_checkpoint_state
 from myutils.simulated_detector import simulate_detections
 from myutils.synthetic_scenes import generate_scene, write_mot_sequence
@@ -124,3 +125,30 @@ def test_bad_arguments_are_clear_errors(sequence):
         tracking.track(detections=str(sequence / "det" / "det.txt"), encoder="enc.pth")
     with pytest.raises(FileNotFoundError):
         tracking.track(detections=str(sequence / "missing.txt"))
+
+
+def test_evaluation_script_over_sequence_folders(tmp_path, capsys):
+    import json
+
+    from scripts.evaluate_mot import main as evaluate_main
+
+    expected = {}
+    for seed in (1, 2):
+        scene = generate_scene(num_frames=40, num_objects=4, seed=seed)
+        name = f"SEQ-{seed}"
+        write_mot(tmp_path / "gt" / name / "gt" / "gt.txt", scene.ground_truth)
+        detections = simulate_detections(scene.ground_truth, scene.width, scene.height, "medium", seed=seed)
+        results = track_detections(detections.rows, num_frames=40)
+        write_mot(tmp_path / "results" / f"{name}.txt", results)
+        expected[name] = evaluate_mot(read_mot(tmp_path / "gt" / name / "gt" / "gt.txt"),
+                                      read_mot(tmp_path / "results" / f"{name}.txt"))
+    summaries = evaluate_main(["--gt_dir", str(tmp_path / "gt"), "--results_dir", str(tmp_path / "results"),
+                               "--json", str(tmp_path / "metrics.json")])
+    assert summaries["SEQ-1"] == expected["SEQ-1"] and summaries["SEQ-2"] == expected["SEQ-2"]
+    assert summaries["COMBINED"] == combine_summaries(list(expected.values()))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["COMBINED"]["num_switches"] == summaries["COMBINED"].num_switches
+    assert "COMBINED" in capsys.readouterr().out
+    (tmp_path / "results" / "SEQ-2.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="SEQ-2"):
+        evaluate_main(["--gt_dir", str(tmp_path / "gt"), "--results_dir", str(tmp_path / "results")])
