@@ -78,11 +78,10 @@ def cleanup_low_count_dirs(data_root: str | os.PathLike, min_images: int = 70, e
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="List class folders with fewer than --min-images images; delete them with --execute.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data-root", default=os.environ.get(DATA_ROOT_ENV),
-                        help=f"folder whose sub-folders are classes (default: ${DATA_ROOT_ENV})")
-    parser.add_argument("--min-images", type=int, default=70, help="folders with fewer images than this are removed")
+                        help=f"folder whose sub-folders are classes (default: the {DATA_ROOT_ENV} environment variable)")
+    parser.add_argument("--min-images", type=int, default=70, help="folders with fewer images than this are removed (default: 70)")
     parser.add_argument("--execute", action="store_true", help="really delete; without it this is a dry run")
     args = parser.parse_args(argv)
     if not args.data_root:
