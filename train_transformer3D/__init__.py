@@ -1,0 +1,1 @@
+"""Pose-robust face-feature mapping (seed 004)."""

@@ -1,0 +1,359 @@
+"""Training loop of the SENet face-feature mapper (seed 004): data, epochs, validation, checkpoints, logs.
+
+``train(args)`` takes the namespace of ``train_senet_triplet.py`` (every flag is an attribute).
+Validation reports what a user of the mapper cares about: the cosine between ``front_features`` and
+the person's frontal feature, and rank-1 identification of video features against the frontal gallery
+of the held-out persons, before (raw) and after mapping; ``best_model.pth`` is chosen by the latter.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from myutils.checkpoint import load_checkpoint, save_checkpoint
+from myutils.precision import autocast, autocast_dtype, make_grad_scaler, resolve_device
+from myutils.retrieval import retrieval_metrics
+from myutils.schedule import warmup_cosine_scheduler
+from myutils.seeding import capture_rng_state, restore_rng_state, seed_everything
+from myutils.training_log import TrainingLog, plot_curves, write_json_atomic
+from train_transformer3D.triplet.face_feature_data import (
+    FacePairDataset,
+    PersonBatchSampler,
+    load_face_feature_folder,
+    rank_identity_dimensions,
+    split_persons,
+)
+from train_transformer3D.triplet.senet_losses import SENetObjective
+from train_transformer3D.triplet.senet_model import SENetTripletNetwork
+
+MAX_GRAD_NORM = 1.0
+MIN_LR_FACTOR = 0.01  # cosine decays to 1 % of --lr (the seed: 1e-4 → 1e-6)
+PROFILE_YAW = 45.0  # |yaw| above this counts as a profile view in the rank-1 breakdown
+CURVE_PANELS = {
+    "Total loss & cosine similarity": ["TrainLoss", "ValLoss", "ValCosineSim", "ValRank1"],
+    "Triplet loss": ["TrainTripletLoss", "ValTripletLoss"],
+    "Identity-preservation loss": ["TrainIdentityLoss", "ValIdentityLoss"],
+    "Fusion weight α (identity branch)": ["FusionAlpha"],
+}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient became NaN/Inf; the message names the epoch and step."""
+
+
+def model_config(args: Namespace) -> dict:
+    return {
+        "image_dim": args.image_dim, "pose_dim": args.pose_dim, "hidden_dim": args.hidden_dim,
+        "num_layers": args.num_layers, "se_reduction": args.se_reduction, "fusion_alpha": args.fusion_alpha,
+        "use_batch_stat": args.use_batch_stat,
+    }
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> SENetTripletNetwork:
+    """A mapper from any checkpoint this trainer wrote, in eval mode."""
+    state = load_checkpoint(path, map_location=device)
+    model = SENetTripletNetwork.from_config(state["model_config"])
+    model.load_state_dict(state["model_state_dict"])
+    return model.to(device).eval()
+
+
+def resolve_identity_dims(args: Namespace, train_set: FacePairDataset) -> list[int]:
+    """``--identity_dims`` when given, else the top ``--num_identity_dims`` of the training split (printed)."""
+    if args.identity_dims:
+        dims = [int(d) for d in str(args.identity_dims).split(",") if d.strip()]
+        bad = [d for d in dims if not 0 <= d < args.image_dim]
+        if bad:
+            raise ValueError(f"--identity_dims {bad} outside [0, {args.image_dim})")
+        print(f"Identity dimensions (from --identity_dims): {dims}")
+        return dims
+    dims, correlation = rank_identity_dimensions(*train_set.pair_arrays(), args.num_identity_dims)
+    print(
+        f"Identity dimensions (top {len(dims)} by side/frontal correlation on the train split): {dims}\n"
+        f"  correlation {correlation[dims[0]]:.3f} … {correlation[dims[-1]]:.3f} "
+        f"(median over all {len(correlation)} dims {np.median(correlation[np.isfinite(correlation)]):.3f})"
+    )
+    return dims
+
+
+def make_loader(dataset: FacePairDataset, args: Namespace, seed: int) -> DataLoader:
+    sampler = PersonBatchSampler(dataset.labels, args.batch_size, args.samples_per_person, seed=seed)
+    return DataLoader(
+        dataset, batch_sampler=sampler, num_workers=args.num_workers, pin_memory=torch.cuda.is_available()
+    )
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def train_one_epoch(model, loader, objective, optimizer, scheduler, scaler, args, epoch, log, device) -> dict:
+    """One pass over the training loader with accumulation, AMP and clipping; returns mean loss terms."""
+    model.train()
+    loader.batch_sampler.set_epoch(epoch)
+    accumulation = args.gradient_accumulation_steps
+    num_batches = len(loader)
+    sums = {"total": 0.0, "triplet": 0.0, "identity": 0.0, "target": 0.0}
+    num_samples, start = 0, time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    progress = tqdm(loader, desc=f"Epoch {epoch + 1}", leave=False, dynamic_ncols=True)
+    for index, batch in enumerate(progress):
+        batch = _to_device(batch, device)
+        step = epoch * num_batches + index + 1
+        with autocast(device, args.use_amp):
+            front, identity = model(batch["src"], batch["pose"])
+        terms = objective(front, identity, batch["src"], batch["pose"], batch["tgt"], batch["label"])
+        if not torch.isfinite(terms["total"]):
+            raise NonFiniteLossError(
+                f"loss became {terms['total'].item()} at epoch {epoch + 1}, batch {index + 1}/{num_batches} "
+                f"(global step {step}): " + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                + ". Lower --lr, or train without --use_amp."
+            )
+        group_start = index - index % accumulation
+        scaler.scale(terms["total"] / min(accumulation, num_batches - group_start)).backward()
+        if (index + 1) % accumulation == 0 or index + 1 == num_batches:
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+            if not scaler.is_enabled() and not torch.isfinite(grad_norm):
+                raise NonFiniteLossError(
+                    f"gradient norm became {grad_norm.item()} at epoch {epoch + 1}, batch {index + 1}/{num_batches} "
+                    f"(global step {step}). Lower --lr."
+                )
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        values = {name: term.item() for name, term in terms.items()}
+        for name, value in values.items():
+            sums[name] += value
+        num_samples += len(batch["label"])
+        lr = optimizer.param_groups[0]["lr"]
+        progress.set_postfix(loss=f"{values['total']:.4f}", triplet=f"{values['triplet']:.4f}", lr=f"{lr:.2e}")
+        log.scalar("Train/Loss", values["total"], step)
+        log.scalar("Train/TripletLoss", values["triplet"], step)
+        log.scalar("Train/IdentityLoss", values["identity"], step)
+        log.scalar("Train/TargetLoss", values["target"], step)
+        log.scalar("Train/LearningRate", lr, step)
+    means = {name: total / max(1, num_batches) for name, total in sums.items()}
+    means["samples_per_sec"] = num_samples / max(1e-9, time.perf_counter() - start)
+    return means
+
+
+@torch.no_grad()
+def validation_losses(model, loader, objective, args, device) -> dict:
+    """Mean loss terms over person batches of a held-out split (fixed batch order)."""
+    model.eval()
+    sums = {"total": 0.0, "triplet": 0.0, "identity": 0.0, "target": 0.0}
+    for batch in loader:
+        batch = _to_device(batch, device)
+        with autocast(device, args.use_amp):
+            front, identity = model(batch["src"], batch["pose"])
+        terms = objective(front, identity, batch["src"], batch["pose"], batch["tgt"], batch["label"])
+        for name in sums:
+            sums[name] += terms[name].item()
+    return {name: total / max(1, len(loader)) for name, total in sums.items()}
+
+
+@torch.no_grad()
+def map_features(model, features: np.ndarray, poses: np.ndarray, device, use_amp: bool, batch_size: int = 512):
+    """``front_features`` for arrays of video features and poses (eval mode), as a float CPU tensor."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(features), batch_size):
+        src = torch.from_numpy(features[start : start + batch_size]).to(device)
+        pose = torch.from_numpy(poses[start : start + batch_size]).to(device)
+        with autocast(device, use_amp):
+            outputs.append(model(src, pose)[0].float().cpu())
+    return torch.cat(outputs)
+
+
+def identification(model, dataset: FacePairDataset, device, use_amp: bool) -> dict:
+    """Rank-1 of the split's video frames against its frontal gallery, and cosine to the frontal target.
+
+    Each is reported for the raw video features (``*_raw``) and after mapping; ``rank1_profile*`` keeps
+    only frames with |yaw| > 45°.
+    """
+    folder = dataset.folder
+    video, front = dataset.video_indices, dataset.front_indices
+    query_labels = torch.from_numpy(folder.video_person[video])
+    gallery_labels = torch.from_numpy(folder.front_person[front])
+    gallery = F.normalize(torch.from_numpy(folder.front_features[front]), dim=1)
+    profile = torch.from_numpy(np.abs(folder.video_poses[video, 0]) > PROFILE_YAW)
+    raw = F.normalize(torch.from_numpy(folder.video_features[video]), dim=1)
+    mapped = F.normalize(map_features(model, folder.video_features[video], folder.video_poses[video], device, use_amp), dim=1)
+    same_person = query_labels[:, None] == gallery_labels[None, :]
+    results = {}
+    for suffix, queries in [("", mapped), ("_raw", raw)]:
+        results[f"cosine{suffix}"] = float((queries @ gallery.T)[same_person].mean())
+        results[f"rank1{suffix}"] = retrieval_metrics(queries, query_labels, gallery, gallery_labels)["precision_at_1"]
+        results[f"rank1_profile{suffix}"] = (
+            retrieval_metrics(queries[profile], query_labels[profile], gallery, gallery_labels)["precision_at_1"]
+            if profile.any() else float("nan")
+        )
+    return results
+
+
+def checkpoint_state(model, optimizer, scheduler, scaler, epoch, best, log, args, identity_dims, split) -> dict:
+    """Everything needed to resume or to use the model, as tensors and plain data only."""
+    return {
+        "epoch": epoch,
+        "model_config": model.config,
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": optimizer.state_dict(),
+        "scheduler_state_dict": scheduler.state_dict(),
+        "scaler_state_dict": scaler.state_dict(),
+        "best": dict(best),
+        "history": log.history,
+        "identity_dims": list(identity_dims),
+        "split": split,
+        "args": {key: value for key, value in vars(args).items()},
+        "rng_state": capture_rng_state(),
+    }
+
+
+def _restore(path, model, optimizer, scheduler, scaler, args, device) -> dict:
+    state = load_checkpoint(path, map_location=device)
+    if state["model_config"] != model.config:
+        changed = {k: (state["model_config"].get(k), v) for k, v in model.config.items() if state["model_config"].get(k) != v}
+        raise ValueError(f"--resume {path}: model options differ from the checkpoint (saved, given): {changed}")
+    model.load_state_dict(state["model_state_dict"])
+    optimizer.load_state_dict(state["optimizer_state_dict"])
+    scheduler.load_state_dict(state["scheduler_state_dict"])
+    scaler.load_state_dict(state["scaler_state_dict"])
+    if state["args"]["lr"] != args.lr:  # the seed's fine-tuning recipe resumes with a new --lr
+        print(f"Learning rate changed on resume: {state['args']['lr']} → {args.lr}")
+        scheduler.base_lrs = [args.lr for _ in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["initial_lr"] = args.lr
+    restore_rng_state(state["rng_state"])
+    print(f"Resumed from {path}: continuing after epoch {state['epoch']}")
+    return state
+
+
+def _print_epoch(epoch: int, args: Namespace, train_terms: dict, val_terms: dict, ident: dict, alpha: float) -> None:
+    print(f"\nEpoch {epoch}/{args.epochs}")
+    print(
+        f"  Train - total: {train_terms['total']:.4f}, triplet: {train_terms['triplet']:.4f}, "
+        f"identity: {train_terms['identity']:.4f}, target: {train_terms['target']:.4f}, "
+        f"fusion weight: {alpha:.4f}, {train_terms['samples_per_sec']:.0f} samples/s"
+    )
+    print(
+        f"  Val   - total: {val_terms['total']:.4f}, triplet: {val_terms['triplet']:.4f}, "
+        f"cosine to frontal: {ident['cosine']:.4f} (raw {ident['cosine_raw']:.4f}), "
+        f"rank-1: {ident['rank1']:.4f} (raw {ident['rank1_raw']:.4f}), "
+        f"profile rank-1: {ident['rank1_profile']:.4f} (raw {ident['rank1_profile_raw']:.4f})"
+    )
+
+
+def train(args: Namespace) -> dict:
+    """Train, validate and save as ``train_senet_triplet.py`` does; returns a summary of the run."""
+    if args.gradient_accumulation_steps < 1 or args.save_interval < 1 or args.epochs < 1:
+        raise ValueError("--epochs, --save_interval and --gradient_accumulation_steps must be >= 1")
+    device = resolve_device(args.device)
+    print(f"Device: {device}")
+    seed_everything(args.seed)
+    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
+
+    print("Loading data...")
+    folder = load_face_feature_folder(args.data_dir)
+    if folder.feature_dim != args.image_dim or folder.pose_dim != args.pose_dim:
+        raise ValueError(
+            f"{args.data_dir} holds {folder.feature_dim}-d features and {folder.pose_dim}-d poses; "
+            f"pass --image_dim {folder.feature_dim} --pose_dim {folder.pose_dim}"
+        )
+    splits = dict(zip(["train", "val", "test"], split_persons(len(folder.person_names), seed=args.split_seed), strict=True))
+    datasets = {name: FacePairDataset(folder, persons) for name, persons in splits.items()}
+    for name, dataset in datasets.items():
+        print(f"{name.capitalize()}: {len(dataset)} samples ({len(dataset.persons)} persons, "
+              f"{len(dataset.video_indices)} video frames, {len(dataset.front_indices)} frontal)")
+    identity_dims = resolve_identity_dims(args, datasets["train"])
+    train_loader = make_loader(datasets["train"], args, seed=args.seed)
+    val_loader = make_loader(datasets["val"], args, seed=args.seed + 1)
+
+    print("Creating model...")
+    model = SENetTripletNetwork(**model_config(args)).to(device)
+    num_params = sum(p.numel() for p in model.parameters())
+    print(f"Total parameters: {num_params:,}")
+    print(f"Trainable parameters: {sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
+    print(f"Initial fusion weight: {model.get_fusion_alpha():.4f}")
+    objective = SENetObjective(
+        identity_dims, args.identity_preserve_weight, args.target_weight, args.target_loss,
+        args.margin, args.alpha, args.beta, args.angle_threshold,
+    ).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    scheduler = warmup_cosine_scheduler(optimizer, 0, args.epochs * steps_per_epoch, MIN_LR_FACTOR)
+    scaler = make_grad_scaler(device, args.use_amp)
+    if args.use_amp:
+        dtype = autocast_dtype(device)
+        print(f"Mixed precision: {str(dtype).removeprefix('torch.')} autocast on {device.type}"
+              + (" with gradient scaling" if scaler.is_enabled() else ""))
+
+    start_epoch, best, history = 0, {"rank1": -1.0, "cosine": -math.inf, "epoch": 0}, None
+    if args.resume:
+        state = _restore(args.resume, model, optimizer, scheduler, scaler, args, device)
+        start_epoch, best, history, identity_dims = state["epoch"], state["best"], state["history"], state["identity_dims"]
+        objective.identity_dims = torch.as_tensor(identity_dims, dtype=torch.long, device=device)
+    split_names = {name: [folder.person_names[p] for p in persons] for name, persons in splits.items()}
+    save_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic({"identity_dims": identity_dims}, save_dir / "identity_dims.json")
+    log = TrainingLog(log_dir, save_dir / "training_history.json", history)
+    log.writer.add_text("IdentityDims", str(identity_dims), start_epoch)
+
+    def state_at(epoch: int) -> dict:
+        return checkpoint_state(model, optimizer, scheduler, scaler, epoch, best, log, args, identity_dims, split_names)
+
+    print("Starting training...")
+    print("=" * 70)
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            train_terms = train_one_epoch(model, train_loader, objective, optimizer, scheduler, scaler, args, epoch, log, device)
+            val_terms = validation_losses(model, val_loader, objective, args, device)
+            ident = identification(model, datasets["val"], device, args.use_amp)
+            alpha = model.get_fusion_alpha()
+            _print_epoch(epoch + 1, args, train_terms, val_terms, ident, alpha)
+            log.log_epoch(epoch + 1, {
+                "TrainLoss": train_terms["total"], "TrainTripletLoss": train_terms["triplet"],
+                "TrainIdentityLoss": train_terms["identity"], "TrainTargetLoss": train_terms["target"],
+                "ValLoss": val_terms["total"], "ValTripletLoss": val_terms["triplet"],
+                "ValIdentityLoss": val_terms["identity"], "ValTargetLoss": val_terms["target"],
+                "ValCosineSim": ident["cosine"], "ValCosineSimRaw": ident["cosine_raw"],
+                "ValRank1": ident["rank1"], "ValRank1Raw": ident["rank1_raw"],
+                "ValRank1Profile": ident["rank1_profile"], "ValRank1ProfileRaw": ident["rank1_profile_raw"],
+                "FusionAlpha": alpha, "LearningRate": optimizer.param_groups[0]["lr"],
+                "TrainSamplesPerSec": train_terms["samples_per_sec"],
+            })
+            if (ident["rank1"], ident["cosine"]) > (best["rank1"], best["cosine"]):
+                best = {"rank1": ident["rank1"], "cosine": ident["cosine"], "epoch": epoch + 1}
+                save_checkpoint(state_at(epoch + 1), save_dir / "best_model.pth")
+                print(f"  ✓ saved best model: {save_dir / 'best_model.pth'}")
+            if (epoch + 1) % args.save_interval == 0:
+                save_checkpoint(state_at(epoch + 1), save_dir / f"checkpoint_epoch_{epoch + 1}.pth")
+                plot_curves(log.history, CURVE_PANELS, save_dir / f"training_curves_epoch_{epoch + 1}.png",
+                            title="SENet triplet training")
+                print(f"  ✓ saved checkpoint: {save_dir / f'checkpoint_epoch_{epoch + 1}.pth'}")
+        save_checkpoint(state_at(args.epochs), save_dir / "final_model.pth")
+        plot_curves(log.history, CURVE_PANELS, save_dir / "final_training_curves.png", title="SENet triplet training")
+    finally:
+        log.close()
+    print(f"\n✓ saved final model: {save_dir / 'final_model.pth'}")
+    print(f"✓ saved training history: {save_dir / 'training_history.json'}")
+
+    best_model = load_trained_model(save_dir / "best_model.pth", device)
+    test = identification(best_model, datasets["test"], device, args.use_amp)
+    print(
+        f"\nTest split, best model (epoch {best['epoch']}): rank-1 {test['rank1']:.4f} (raw {test['rank1_raw']:.4f}), "
+        f"profile rank-1 {test['rank1_profile']:.4f} (raw {test['rank1_profile_raw']:.4f}), "
+        f"cosine to frontal {test['cosine']:.4f} (raw {test['cosine_raw']:.4f})"
+    )
+    print("Training complete.")
+    return {"best": best, "test": test, "identity_dims": identity_dims, "history": log.history, "num_params": num_params}
