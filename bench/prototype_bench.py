@@ -12,6 +12,7 @@ back a few scalars (group sizes, loss_dict floats), never the memory.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -88,8 +89,10 @@ def make_workload(n, dim, num_classes, device, seed=0):
     return features.to(device).requires_grad_(True), logits.to(device), labels.to(device)
 
 
-def time_call(fn, repeats, device):
-    def once():
+def time_interleaved(fns, repeats, device):
+    """Median seconds per call of each function, calls alternating so load changes hit both alike."""
+
+    def once(fn):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -98,9 +101,13 @@ def time_call(fn, repeats, device):
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    for _ in range(2):  # warm-up: allocator, kernels, first memory fill
-        once()
-    return statistics.median(once() for _ in range(repeats))
+    for fn in fns:  # warm-up: allocator, kernels, first memory fill
+        once(fn)
+    samples = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, times in zip(fns, samples, strict=True):
+            times.append(once(fn))
+    return [statistics.median(times) for times in samples]
 
 
 def count_device_to_host_copies(fn):
@@ -112,13 +119,14 @@ def count_device_to_host_copies(fn):
     return sum(1 for event in prof.events() if "DtoH" in event.name)
 
 
-def run_benchmark(n=65_536, dim=64, num_classes=4, elements_per_class=256, repeats=7, device="auto", margin=1.5):
+def run_benchmark(n=65_536, dim=64, num_classes=4, elements_per_class=256, repeats=9, device="auto", margin=1.5):
     """Print per-call times of both implementations; the margin is raised from 1.0 so the hinge is active."""
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     features, logits, labels = make_workload(n, dim, num_classes, device)
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"update_and_compute_loss: {n} x {dim} features, {num_classes} classes, "
           f"elements_per_class={elements_per_class}, margin={margin}, device={device}, "
-          f"torch threads={torch.get_num_threads()}")
+          f"torch threads={torch.get_num_threads()}, load average {load}")
     print(f"{'selector':<10}{'manager ms':>12}{'numpy-memory ms':>17}{'ratio':>8}{'max |diff|':>12}")
     for learned in (False, True):
         torch.manual_seed(0)
@@ -130,8 +138,12 @@ def run_benchmark(n=65_536, dim=64, num_classes=4, elements_per_class=256, repea
         ours_loss, ours_parts = manager.update_and_compute_loss(features, logits, labels)
         base_loss, base_parts = baseline(features, logits, labels)
         diff = max(abs(ours_parts[key] - base_parts[key]) for key in base_parts)
-        ours_ms = 1e3 * time_call(lambda m=manager: m.update_and_compute_loss(features, logits, labels), repeats, device)
-        base_ms = 1e3 * time_call(lambda b=baseline: b(features, logits, labels), repeats, device)
+        ours_s, base_s = time_interleaved(
+            [lambda m=manager: m.update_and_compute_loss(features, logits, labels),
+             lambda b=baseline: b(features, logits, labels)],
+            repeats, device,
+        )
+        ours_ms, base_ms = 1e3 * ours_s, 1e3 * base_s
         print(f"{'on' if learned else 'off':<10}{ours_ms:>12.1f}{base_ms:>17.1f}{ours_ms / base_ms:>8.2f}{diff:>12.2e}")
         if device.type == "cuda":
             ours_copies = count_device_to_host_copies(lambda m=manager: m.update_and_compute_loss(features, logits, labels))
@@ -146,10 +158,13 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64, help="feature dimension")
     parser.add_argument("--num-classes", type=int, default=4, help="number of classes")
     parser.add_argument("--elements-per-class", type=int, default=256, help="memory capacity per class")
-    parser.add_argument("--repeats", type=int, default=7, help="timed calls per implementation (median reported)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed calls per implementation, alternating (median reported)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--margin", type=float, default=1.5, help="inter-class hinge margin (1.5 keeps it active)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     run_benchmark(args.n, args.dim, args.num_classes, args.elements_per_class, args.repeats, args.device, args.margin)
 
 

@@ -31,7 +31,7 @@ buffers; the selectors exist from construction, so an optimizer can own them bef
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -56,23 +56,10 @@ def rescaled_sigmoid_weights(logits: Tensor) -> Tensor:
     return weights * (weights.numel() / weights.sum())
 
 
-def class_memory_loss(
-    features: Tensor,
-    memory: Tensor,
-    feature_weights: Tensor | None = None,
-    memory_weights: Tensor | None = None,
-) -> Tensor:
-    """``mean_ij a_i b_j (1 − cos(f_i, m_j))`` for one class; weights must have mean 1 (or be None).
-
-    Evaluated as ``1 − mean_i a_i f̂_i · mean_j b_j m̂_j``, which is the same number without the [M, N] matrix.
-    """
-    features_unit = F.normalize(features, dim=1)
-    memory_unit = F.normalize(memory, dim=1)
-    if feature_weights is not None:
-        features_unit = features_unit * feature_weights[:, None]
-    if memory_weights is not None:
-        memory_unit = memory_unit * memory_weights[:, None]
-    return 1.0 - features_unit.mean(0) @ memory_unit.mean(0)
+def max_softmax(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(max softmax probability, argmax) per row: ``1 / Σ_k exp(l_k − max l)``, no [N, C] softmax kept."""
+    top, predicted = logits.max(dim=1)
+    return 1.0 / (logits - top[:, None]).exp().sum(dim=1), predicted
 
 
 class ContrastivePrototypeManager(nn.Module):
@@ -159,45 +146,62 @@ class ContrastivePrototypeManager(nn.Module):
         When a class has more than ``elements_per_class`` candidates, keep the highest-ranked by the
         learned selector, else the most confident by ``confidences[class_id]`` ([n]), else the first ones.
         """
-        counts = self.memory_count.tolist()
+        rows, labels, scores = [], [], []
         for class_id, features in features_dict.items():
             class_id = self._check_class_id(class_id)
             features = self._check_features(features, f"features_dict[{class_id}]")
             confidence = None if confidences is None else confidences.get(class_id)
-            if confidence is not None and confidence.shape != features.shape[:1]:
+            if confidence is None:
+                confidence = -torch.arange(features.shape[0], dtype=torch.float32, device=features.device)
+            elif confidence.shape != features.shape[:1]:
                 raise ValueError(
                     f"confidences[{class_id}] has shape {tuple(confidence.shape)}, expected ({features.shape[0]},)"
                 )
-            self._store(class_id, features.detach(), confidence, counts)
+            rows.append(features.detach())
+            labels.append(torch.full(features.shape[:1], class_id, dtype=torch.long, device=features.device))
+            scores.append(confidence.float())
+        if rows:
+            self._store(torch.cat(rows), torch.cat(labels), torch.cat(scores))
 
-    def _store(self, class_id: int, features: Tensor, confidence: Tensor | None, counts: list[int]) -> None:
-        if features.shape[0] == 0:
+    def _store(self, features: Tensor, labels: Tensor, scores: Tensor) -> None:
+        """Per class, keep the ``elements_per_class`` best-scored rows (labels == ignore_index: not candidates)."""
+        valid = labels != self.ignore_index
+        sizes = torch.bincount(labels.masked_fill(~valid, self.num_classes), minlength=self.num_classes + 1)
+        sizes = sizes[: self.num_classes].tolist()
+        if not any(sizes):
             return
-        chosen = self._select(class_id, features, confidence).to(self.memory.dtype)
-        if self.memory_mode == "fifo":
-            chosen = torch.cat([chosen, self.memory[class_id, : counts[class_id]]])[: self.elements_per_class]
-        self.memory[class_id, : chosen.shape[0]] = chosen
-        self.memory_count[class_id] = chosen.shape[0]
-        counts[class_id] = chosen.shape[0]
-
-    def _select(self, class_id: int, features: Tensor, confidence: Tensor | None) -> Tensor:
-        if features.shape[0] <= self.elements_per_class:
-            return features
         if self.feature_selectors is not None:
-            # Ranking by the logit equals ranking by its sigmoid, without the saturation ties.
-            score = self.feature_selectors[class_id](features.float()).reshape(-1)
-        elif confidence is not None:
-            score = confidence
-        else:
-            return features[: self.elements_per_class]
-        return features[score.topk(self.elements_per_class).indices]
+            scores = self._selector_scores(features, labels, sizes, scores)
+        # One top-k over a [C, N] score table (non-members at -inf) ranks every class without a sort.
+        members = labels[None, :] == torch.arange(self.num_classes, device=labels.device)[:, None]
+        ranked = scores[None, :].masked_fill(~members, float("-inf"))
+        ranked = ranked.topk(min(self.elements_per_class, features.shape[0]), dim=1).indices
+        counts = self.memory_count.tolist()
+        for class_id, size in enumerate(sizes):
+            if size == 0:
+                continue
+            chosen = features[ranked[class_id, : min(size, self.elements_per_class)]].to(self.memory.dtype)
+            if self.memory_mode == "fifo":
+                chosen = torch.cat([chosen, self.memory[class_id, : counts[class_id]]])[: self.elements_per_class]
+            self.memory[class_id, : chosen.shape[0]] = chosen
+            self.memory_count[class_id] = chosen.shape[0]
+
+    def _selector_scores(self, features: Tensor, labels: Tensor, sizes: list[int], scores: Tensor) -> Tensor:
+        """Selector logits replace the scores of classes that overflow the memory (logit order = sigmoid order)."""
+        scores = scores.clone()
+        for class_id, size in enumerate(sizes):
+            if size > self.elements_per_class:
+                rows = (labels == class_id).nonzero().squeeze(1)
+                scores[rows] = self.feature_selectors[class_id](features[rows].float()).reshape(-1)
+        return scores
 
     # ------------------------------------------------------------------- loss
     def contrastive_class_to_class_learned_memory(self, features: Tensor, class_labels: Tensor) -> Tensor:
         """The reference loss of ``features`` [N, D] with ``class_labels`` [N] against the current memory."""
         features, _, class_labels = self._flatten_inputs(features, None, class_labels)
         with torch.autocast(features.device.type, enabled=False):
-            return self._contrastive_loss(features.float(), class_labels, self.memory_count.tolist())
+            features = features.float()
+            return self._contrastive_loss(features, F.normalize(features, dim=1), class_labels)
 
     def update_and_compute_loss(
         self,
@@ -223,50 +227,73 @@ class ContrastivePrototypeManager(nn.Module):
         with torch.autocast(features.device.type, enabled=False):
             features = features.float()
             with torch.no_grad():
-                confidence, predicted = predictions.detach().float().softmax(dim=1).max(dim=1)
+                confidence, predicted = max_softmax(predictions.detach().float())
                 if labels is None:
                     targets = predicted.masked_fill(confidence < self.confidence_threshold, self.ignore_index)
                     candidates = targets
                 else:
                     targets = labels
                     candidates = labels.masked_fill(predicted != labels, self.ignore_index)
-                counts = self.memory_count.tolist()
-                for class_id, (class_features, class_confidence) in enumerate(
-                    self._split_by_class(candidates, features.detach(), confidence)
-                ):
-                    self._store(class_id, class_features, class_confidence, counts)
-            contrastive = self._contrastive_loss(features, targets, counts)
-            intra, inter = self._prototype_terms(features, targets)
+                self._store(features.detach(), candidates, confidence)
+            unit = F.normalize(features, dim=1)
+            contrastive = self._contrastive_loss(features, unit, targets)
+            intra, inter = self._prototype_terms(unit, targets)
             total = contrastive_weight * contrastive + intra_weight * intra + inter_weight * inter
             used_fraction = (targets != self.ignore_index).float().mean()
         values = torch.stack([contrastive, intra, inter, total, used_fraction]).detach().tolist()
         keys = ("prototype_contrastive", "prototype_intra", "prototype_inter", "prototype_total", "prototype_used_fraction")
         return total, dict(zip(keys, values, strict=True))
 
-    def _contrastive_loss(self, features: Tensor, labels: Tensor, counts: Sequence[int]) -> Tensor:
-        loss = features.new_zeros(())
-        for class_id, (class_features,) in enumerate(self._split_by_class(labels, features)):
-            class_memory = self.memory[class_id, : counts[class_id]]
-            if class_features.shape[0] < 2 or class_memory.shape[0] < 2:
-                continue
-            if self.feature_selectors is None:
-                loss = loss + class_memory_loss(class_features, class_memory)
-                continue
-            memory_unit = F.normalize(class_memory.float(), dim=1)
-            feature_weights = rescaled_sigmoid_weights(self.feature_selectors[class_id](class_features.detach()))
-            memory_weights = rescaled_sigmoid_weights(self.memory_selectors[class_id](memory_unit))
-            loss = loss + class_memory_loss(class_features, memory_unit, feature_weights, memory_weights)
-        return loss / self.num_classes
+    def _contrastive_loss(self, features: Tensor, unit: Tensor, labels: Tensor) -> Tensor:
+        """Σ_c [1 − (mean_i a_i f̂_i)·(mean_j b_j m̂_j)] / C over classes with ≥ 2 features and ≥ 2 memory items."""
+        valid = labels != self.ignore_index
+        class_ids = labels.masked_fill(~valid, 0)
+        class_sizes = torch.bincount(class_ids, weights=valid.float(), minlength=self.num_classes)
+        usable = (class_sizes >= 2) & (self.memory_count >= 2)
+        weights = valid.float()
+        memory_weights = self._filled_mask().float()
+        if self.feature_selectors is not None:
+            weights, memory_weights = self._selector_weights(features, labels, usable, weights, memory_weights)
+        weighted = unit * weights[:, None]
+        feature_means = unit.new_zeros(self.num_classes, self.feature_dim).index_add_(0, class_ids, weighted)
+        feature_means = feature_means / class_sizes.clamp_min(1)[:, None]
+        memory_means = (self._unit_memory() * memory_weights[..., None]).sum(1)
+        memory_means = memory_means / self.memory_count.clamp_min(1)[:, None]
+        per_class = 1.0 - (feature_means * memory_means).sum(1)
+        return (per_class * usable).sum() / self.num_classes
+
+    def _selector_weights(
+        self, features: Tensor, labels: Tensor, usable: Tensor, weights: Tensor, memory_weights: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Rescaled sigmoid weights (mean 1 within each class) for the usable classes' features and memory."""
+        counts = self.memory_count.tolist()
+        unit_memory = self._unit_memory()
+        for class_id in usable.nonzero().reshape(-1).tolist():
+            rows = (labels == class_id).nonzero().squeeze(1)
+            feature_logits = self.feature_selectors[class_id](features[rows].detach())
+            weights = weights.index_put((rows,), rescaled_sigmoid_weights(feature_logits))
+            memory_logits = self.memory_selectors[class_id](unit_memory[class_id, : counts[class_id]])
+            filled = torch.arange(counts[class_id], device=rows.device)
+            memory_weights = memory_weights.index_put(
+                (torch.full_like(filled, class_id), filled), rescaled_sigmoid_weights(memory_logits)
+            )
+        return weights, memory_weights
+
+    def _filled_mask(self) -> Tensor:
+        """[C, K] True where the memory row holds an item."""
+        return torch.arange(self.elements_per_class, device=self.memory.device) < self.memory_count[:, None]
+
+    def _unit_memory(self) -> Tensor:
+        """[C, K, D] normalized memory items, zero rows where empty."""
+        return F.normalize(self.memory.float(), dim=2) * self._filled_mask()[..., None]
 
     def prototypes(self) -> tuple[Tensor, Tensor]:
         """Unit prototypes ``normalize(mean of normalized memory)`` [C, D] and which classes have one [C]."""
-        filled = torch.arange(self.elements_per_class, device=self.memory.device) < self.memory_count[:, None]
-        unit_memory = F.normalize(self.memory.float(), dim=2) * filled[..., None]
-        return F.normalize(unit_memory.sum(dim=1), dim=1), self.memory_count > 0
+        return F.normalize(self._unit_memory().sum(dim=1), dim=1), self.memory_count > 0
 
-    def _prototype_terms(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def _prototype_terms(self, unit: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         prototypes, has_prototype = self.prototypes()
-        cosine = F.normalize(features, dim=1) @ prototypes.T  # [N, C]
+        cosine = unit @ prototypes.T  # [N, C]
         squared_distance = (2.0 - 2.0 * cosine).clamp_min(0.0)  # ‖f̂ − p‖² for unit vectors
         valid = labels != self.ignore_index
         own_class = F.one_hot(labels.masked_fill(~valid, 0), self.num_classes).bool() & valid[:, None]
@@ -279,14 +306,6 @@ class ContrastivePrototypeManager(nn.Module):
         return intra, inter
 
     # ------------------------------------------------------------- validation
-    def _split_by_class(self, labels: Tensor, *tensors: Tensor) -> list[tuple[Tensor, ...]]:
-        """Rows of each tensor grouped by class (one sort, one host sync); ignored rows dropped."""
-        key = labels.masked_fill(labels == self.ignore_index, self.num_classes)
-        order = key.argsort()
-        sizes = torch.bincount(key, minlength=self.num_classes + 1).tolist()
-        groups = [tensor[order].split(sizes) for tensor in tensors]
-        return list(zip(*groups, strict=True))[: self.num_classes]
-
     def _check_class_id(self, class_id: int) -> int:
         class_id = int(class_id)
         if not 0 <= class_id < self.num_classes:
