@@ -131,10 +131,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, ctx, epoc
     return metrics, local
 
 
-def checkpoint_state(encoder, optimizer, scheduler, scaler, epoch, args, history) -> dict:
+def checkpoint_state(encoder, optimizer, scheduler, scaler, epoch, args, history, feature_metadata) -> dict:
     return {
         "epoch": epoch,
         **encoder_checkpoint_state(encoder),
+        "feature_metadata": feature_metadata,  # how the ROI features were made: val.py re-uses it
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
@@ -199,7 +200,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> dict:
             log.log_epoch(epoch + 1, metrics)
             print(f"epoch {epoch + 1}/{args.epochs} loss {metrics['loss']:.4f} nt_xent {metrics['nt_xent']:.4f} "
                   f"kl {metrics['kl']:.4f} beta {metrics['beta']:.2f} lr {metrics['lr']:.2e}")
-            state = checkpoint_state(encoder, optimizer, scheduler, scaler, epoch + 1, args, log.history)
+            state = checkpoint_state(encoder, optimizer, scheduler, scaler, epoch + 1, args, log.history,
+                                     dataset.metadata)
             save_checkpoint(state, output / "checkpoints" / "last.pth")
             if (epoch + 1) % args.save_interval == 0 or epoch + 1 == args.epochs:
                 save_checkpoint(state, output / "checkpoints" / f"epoch_{epoch + 1:04d}.pth")

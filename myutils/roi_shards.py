@@ -109,8 +109,10 @@ class RoiFeatureDataset(Dataset):
         roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
         self.locations: list[tuple[str, int]] = []  # (shard path, row)
         boxes, scores, identities, self.image_names = [], [], [], []
+        self.metadata: dict = {}  # extraction settings of the first folder (backbone, input size)
         for root in roots:
             index = read_roi_index(root)
+            self.metadata = self.metadata or dict(index["metadata"])
             for shard in index["shards"]:
                 path = str(Path(root) / shard["file"])
                 with safe_open(path, framework="pt") as handle:
