@@ -122,6 +122,6 @@ def test_make_data_script_refuses_to_overwrite(tmp_path, repo_root):
     first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "Wrote 8 frontal and 12 video features (20-d)" in first.stdout
-    second = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert second.returncode == 1 and "already exists" in second.stderr
+    with pytest.raises(FileExistsError, match="already exists"):
+        make_face_feature_data(tmp_path / "d", num_persons=4)
     assert load_face_feature_folder(tmp_path / "d").video_features.shape == (12, 20)

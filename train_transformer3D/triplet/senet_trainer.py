@@ -348,10 +348,12 @@ def train(args: Namespace) -> dict:
     print(f"\n✓ saved final model: {save_dir / 'final_model.pth'}")
     print(f"✓ saved training history: {save_dir / 'training_history.json'}")
 
-    best_model = load_trained_model(save_dir / "best_model.pth", device)
+    best_path = save_dir / "best_model.pth"
+    # a run resumed into a new --save_dir has no best_model.pth until it beats the resumed best
+    best_model = load_trained_model(best_path, device) if best_path.is_file() else model.eval()
     test = identification(best_model, datasets["test"], device, args.use_amp)
     print(
-        f"\nTest split, best model (epoch {best['epoch']}): rank-1 {test['rank1']:.4f} (raw {test['rank1_raw']:.4f}), "
+        f"\nTest split, {'best model (epoch ' + str(best['epoch']) + ')' if best_path.is_file() else 'final model'}: rank-1 {test['rank1']:.4f} (raw {test['rank1_raw']:.4f}), "
         f"profile rank-1 {test['rank1_profile']:.4f} (raw {test['rank1_profile_raw']:.4f}), "
         f"cosine to frontal {test['cosine']:.4f} (raw {test['cosine_raw']:.4f})"
     )
