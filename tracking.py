@@ -68,8 +68,10 @@ def frame_numbers_and_images(source_path: str | None, last_detection_frame: int)
     """``(frame number, RGB image or None)`` for every frame from 1 to the last one, so the tracker
     steps once per frame even where an image is unreadable or there are no images at all."""
     if source_path is None:
-        yield from ((number, None) for number in tqdm(range(1, last_detection_frame + 1), unit="frame",
-                                                        desc="tracking"))
+        yield from (
+            (number, None)
+            for number in tqdm(range(1, last_detection_frame + 1), unit="frame", desc="tracking")
+        )
         return
     from myutils.frame_source import FrameSource
 
@@ -94,7 +96,9 @@ def draw_tracks(image: np.ndarray, objects: list[TrackedObject], trails: dict[in
         trail = trails[obj.track_id]
         trail.append(((x0 + x1) // 2, (y0 + y1) // 2))
         cv2.rectangle(canvas, (x0, y0), (x1, y1), colour, 2)
-        cv2.putText(canvas, str(obj.track_id), (x0, max(y0 - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, 2)
+        cv2.putText(
+            canvas, str(obj.track_id), (x0, max(y0 - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, 2
+        )
         cv2.polylines(canvas, [np.array(trail, np.int32)], False, colour, 2)
     return canvas
 
@@ -104,7 +108,8 @@ class Display:
 
     def __init__(self, enabled: bool):
         has_display = sys.platform in ("win32", "darwin") or any(
-            os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY"))
+            os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY")
+        )
         if enabled and not has_display:
             print("--show: no display found, not opening a window")
         self.enabled = enabled and has_display
@@ -120,11 +125,23 @@ class Display:
             self.enabled = False
 
 
-def track(frames: str | None = None, video: str | None = None, detections: str | None = None,
-          yolo_weights: str | None = None, conf: float = 0.25, iou: float = 0.45, img_size: int = 640,
-          encoder: str | None = None, no_appearance: bool = False, output: str | None = None,
-          save_video: str | None = None, show: bool = False, gt: str | None = None, device: str | None = None,
-          config: TrackerConfig | None = None) -> TrackingRun:
+def track(
+    frames: str | None = None,
+    video: str | None = None,
+    detections: str | None = None,
+    yolo_weights: str | None = None,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    img_size: int = 640,
+    encoder: str | None = None,
+    no_appearance: bool = False,
+    output: str | None = None,
+    save_video: str | None = None,
+    show: bool = False,
+    gt: str | None = None,
+    device: str | None = None,
+    config: TrackerConfig | None = None,
+) -> TrackingRun:
     """Track one sequence; the CLI's job as a function. Returns the result rows (and the evaluation with ``gt``)."""
     if frames and video:
         raise ValueError("give --frames or --video, not both")
@@ -141,8 +158,9 @@ def track(frames: str | None = None, video: str | None = None, detections: str |
     if detections is None or use_appearance:
         from myutils.detector import YOLOv7Detector
 
-        detector = YOLOv7Detector(yolo_weights, img_size=img_size, conf_threshold=conf, iou_threshold=iou,
-                                  device=device)
+        detector = YOLOv7Detector(
+            yolo_weights, img_size=img_size, conf_threshold=conf, iou_threshold=iou, device=device
+        )
     appearance = Appearance(encoder, detector) if use_appearance else None
 
     tracker = Tracker(config)
@@ -175,8 +193,13 @@ def track(frames: str | None = None, video: str | None = None, detections: str |
     return run
 
 
-def frame_detections(number: int, image: np.ndarray | None, file_detections: dict | None, detector,
-                     appearance: Appearance | None):
+def frame_detections(
+    number: int,
+    image: np.ndarray | None,
+    file_detections: dict | None,
+    detector,
+    appearance: Appearance | None,
+):
     """Boxes (xyxy), scores and embeddings (or ``None``) of one frame, from the file or from YOLOv7."""
     features = letterbox = None
     if file_detections is not None:
@@ -218,31 +241,53 @@ def prepare_demo(out_dir: Path, difficulty: str = "medium", seed: int = 0) -> Pa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     inputs = parser.add_argument_group("input (none of them: the generated demo scene)")
     inputs.add_argument("--video", help="video file to track")
     inputs.add_argument("--frames", help="folder of images named by frame number (or a MOT sequence folder)")
-    inputs.add_argument("--detections", help="MOTChallenge detection file (frame, -1, left, top, w, h, conf, ...); "
-                                             "without it YOLOv7 detects on the frames")
+    inputs.add_argument(
+        "--detections",
+        help="MOTChallenge detection file (frame, -1, left, top, w, h, conf, ...); "
+        "without it YOLOv7 detects on the frames",
+    )
     detector = parser.add_argument_group("YOLOv7 detector and appearance")
-    detector.add_argument("--yolo_weights", help="local YOLOv7 checkpoint (official yolov7.pt or a state dict); "
-                                                 "none: a random network (only meaningful for tests)")
+    detector.add_argument(
+        "--yolo_weights",
+        help="local YOLOv7 checkpoint (official yolov7.pt or a state dict); "
+        "none: a random network (only meaningful for tests)",
+    )
     detector.add_argument("--conf", type=float, default=0.25, help="detection confidence threshold")
     detector.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
-    detector.add_argument("--img_size", type=int, default=640, help="letterboxed square input size (multiple of 32)")
-    detector.add_argument("--encoder", help="ROI encoder checkpoint written by main_train.py (appearance embeddings)")
-    detector.add_argument("--no_appearance", action="store_true", help="motion only, even if --encoder is given")
-    detector.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    detector.add_argument(
+        "--img_size", type=int, default=640, help="letterboxed square input size (multiple of 32)"
+    )
+    detector.add_argument(
+        "--encoder", help="ROI encoder checkpoint written by main_train.py (appearance embeddings)"
+    )
+    detector.add_argument(
+        "--no_appearance", action="store_true", help="motion only, even if --encoder is given"
+    )
+    detector.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)"
+    )
     outputs = parser.add_argument_group("output")
-    outputs.add_argument("--output", help="results in MOTChallenge format (demo default: demo_runs/tracking/results.txt)")
+    outputs.add_argument(
+        "--output", help="results in MOTChallenge format (demo default: demo_runs/tracking/results.txt)"
+    )
     outputs.add_argument("--save_video", help="write an .mp4 with boxes, ids and trails")
-    outputs.add_argument("--show", action="store_true", help="show the frames in a window (only where a display exists)")
+    outputs.add_argument(
+        "--show", action="store_true", help="show the frames in a window (only where a display exists)"
+    )
     outputs.add_argument("--gt", help="MOTChallenge ground truth: print MOTA, IDF1, ID switches, FP, misses")
     tracker = parser.add_argument_group("tracker thresholds")
     defaults = TrackerConfig()
     for name, text in TrackerConfig.field_help().items():
         default = getattr(defaults, name)
-        tracker.add_argument(f"--{name}", type=type(default), default=default, help=f"{text} (default {default})")
+        tracker.add_argument(
+            f"--{name}", type=type(default), default=default, help=f"{text} (default {default})"
+        )
     return parser
 
 
@@ -256,12 +301,27 @@ def main(argv: list[str] | None = None) -> TrackingRun:
         args.gt = str(sequence / "gt" / "gt.txt")
         args.output = args.output or str(DEMO_DIR / "results.txt")
         args.save_video = args.save_video or str(DEMO_DIR / "tracking.mp4")
-    run = track(frames=args.frames, video=args.video, detections=args.detections, yolo_weights=args.yolo_weights,
-                conf=args.conf, iou=args.iou, img_size=args.img_size, encoder=args.encoder,
-                no_appearance=args.no_appearance, output=args.output, save_video=args.save_video,
-                show=args.show, gt=args.gt, device=args.device, config=config)
-    print(f"tracked {run.num_frames} frames, {len(np.unique(run.rows[:, 1]))} identities, "
-          f"association {run.association_fps:.0f} frames/s")
+    run = track(
+        frames=args.frames,
+        video=args.video,
+        detections=args.detections,
+        yolo_weights=args.yolo_weights,
+        conf=args.conf,
+        iou=args.iou,
+        img_size=args.img_size,
+        encoder=args.encoder,
+        no_appearance=args.no_appearance,
+        output=args.output,
+        save_video=args.save_video,
+        show=args.show,
+        gt=args.gt,
+        device=args.device,
+        config=config,
+    )
+    print(
+        f"tracked {run.num_frames} frames, {len(np.unique(run.rows[:, 1]))} identities, "
+        f"association {run.association_fps:.0f} frames/s"
+    )
     for path in (args.output, args.save_video):
         if path:
             print(f"wrote {path}")

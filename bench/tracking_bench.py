@@ -35,8 +35,10 @@ from myutils.tracker import Tracker, TrackerConfig, results_to_mot_rows  # noqa:
 def frames_of(rows: np.ndarray, embeddings: np.ndarray, num_frames: int) -> list[tuple]:
     """Per frame: xyxy boxes, scores, embeddings (prepared outside the timed loops)."""
     frames = rows[:, 0].astype(int)
-    return [(tlwh_to_xyxy(rows[frames == f, 2:6]), rows[frames == f, 6], embeddings[frames == f])
-            for f in range(1, num_frames + 1)]
+    return [
+        (tlwh_to_xyxy(rows[frames == f, 2:6]), rows[frames == f, 6], embeddings[frames == f])
+        for f in range(1, num_frames + 1)
+    ]
 
 
 def run_ours(frames: list[tuple], use_appearance: bool) -> tuple[np.ndarray, float]:
@@ -54,12 +56,19 @@ def run_ours(frames: list[tuple], use_appearance: bool) -> tuple[np.ndarray, flo
 def run_bytetrack(frames: list[tuple], activation_threshold: float) -> tuple[np.ndarray, float]:
     import supervision as sv
 
-    tracker = sv.ByteTrack(track_activation_threshold=activation_threshold, lost_track_buffer=30,
-                           minimum_matching_threshold=0.8, frame_rate=30)
+    tracker = sv.ByteTrack(
+        track_activation_threshold=activation_threshold,
+        lost_track_buffer=30,
+        minimum_matching_threshold=0.8,
+        frame_rate=30,
+    )
     rows, seconds = [], 0.0
     for frame, (boxes, scores, _) in enumerate(frames, start=1):
-        detections = sv.Detections(xyxy=boxes.astype(np.float32), confidence=scores.astype(np.float32),
-                                   class_id=np.zeros(len(scores), dtype=int))
+        detections = sv.Detections(
+            xyxy=boxes.astype(np.float32),
+            confidence=scores.astype(np.float32),
+            class_id=np.zeros(len(scores), dtype=int),
+        )
         start = time.perf_counter()
         tracked = tracker.update_with_detections(detections)
         seconds += time.perf_counter() - start
@@ -68,23 +77,30 @@ def run_bytetrack(frames: list[tuple], activation_threshold: float) -> tuple[np.
     return np.asarray(rows, dtype=np.float64).reshape(-1, 10), seconds
 
 
-def run_deepsort(frames: list[tuple], min_confidence: float, max_cosine_distance: float) -> tuple[np.ndarray, float]:
+def run_deepsort(
+    frames: list[tuple], min_confidence: float, max_cosine_distance: float
+) -> tuple[np.ndarray, float]:
     from deep_sort_realtime.deepsort_tracker import DeepSort
 
-    tracker = DeepSort(max_age=30, n_init=3, max_cosine_distance=max_cosine_distance, nn_budget=100,
-                       embedder=None)
+    tracker = DeepSort(
+        max_age=30, n_init=3, max_cosine_distance=max_cosine_distance, nn_budget=100, embedder=None
+    )
     rows, seconds = [], 0.0
     for frame, (boxes, scores, embeddings) in enumerate(frames, start=1):
         keep = scores >= min_confidence
-        detections = [(list(box), float(score), 0) for box, score in zip(xyxy_to_tlwh(boxes[keep]), scores[keep],
-                                                                         strict=True)]
+        detections = [
+            (list(box), float(score), 0)
+            for box, score in zip(xyxy_to_tlwh(boxes[keep]), scores[keep], strict=True)
+        ]
         start = time.perf_counter()
         tracks = tracker.update_tracks(detections, embeds=list(embeddings[keep]))
         seconds += time.perf_counter() - start
         for track in tracks:
             if track.is_confirmed() and track.time_since_update == 0:
                 score = track.get_det_conf() or 0.0
-                rows.append([frame, int(track.track_id), *xyxy_to_tlwh(track.to_ltrb())[0], score, -1, -1, -1])
+                rows.append(
+                    [frame, int(track.track_id), *xyxy_to_tlwh(track.to_ltrb())[0], score, -1, -1, -1]
+                )
     return np.asarray(rows, dtype=np.float64).reshape(-1, 10), seconds
 
 
@@ -106,7 +122,9 @@ def benchmark(difficulties: list[str], seeds: int, num_frames: int, num_objects:
         summaries: dict[str, list[MOTSummary]] = {name: [] for name in TRACKERS}
         seconds = dict.fromkeys(TRACKERS, 0.0)
         for seed in range(seeds):
-            scene = generate_scene(num_frames=num_frames, num_objects=num_objects, seed=seed, difficulty=difficulty)
+            scene = generate_scene(
+                num_frames=num_frames, num_objects=num_objects, seed=seed, difficulty=difficulty
+            )
             detections = simulate_detections(scene.ground_truth, scene.width, scene.height, difficulty, seed)
             embeddings = simulate_embeddings(detections, difficulty, seed=seed)
             frames = frames_of(detections.rows, embeddings, num_frames)
@@ -114,21 +132,27 @@ def benchmark(difficulties: list[str], seeds: int, num_frames: int, num_objects:
                 rows, elapsed = runner(frames)
                 summaries[name].append(evaluate_mot(scene.ground_truth, rows))
                 seconds[name] += elapsed
-        table[difficulty] = {name: (combine_summaries(summaries[name]), seeds * num_frames / seconds[name])
-                             for name in TRACKERS}
+        table[difficulty] = {
+            name: (combine_summaries(summaries[name]), seeds * num_frames / seconds[name])
+            for name in TRACKERS
+        }
     return table
 
 
 def print_table(table: dict) -> None:
-    print("| difficulty | tracker | appearance | MOTA | IDF1 | IDSW | FP | FN | assoc. frames/s | vs ByteTrack (0.25) |")
+    print(
+        "| difficulty | tracker | appearance | MOTA | IDF1 | IDSW | FP | FN | assoc. frames/s | vs ByteTrack (0.25) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for difficulty, rows in table.items():
         reference_fps = rows["ByteTrack sv 0.30 (0.25)"][1]
         for name, (summary, fps) in rows.items():
             appearance = "simulated" if TRACKERS[name][0] else "none"
-            print(f"| {difficulty} | {name} | {appearance} | {summary.mota:.3f} | {summary.idf1:.3f} | "
-                  f"{summary.num_switches} | {summary.num_false_positives} | {summary.num_misses} | {fps:.0f} | "
-                  f"{fps / reference_fps:.2f}x |")
+            print(
+                f"| {difficulty} | {name} | {appearance} | {summary.mota:.3f} | {summary.idf1:.3f} | "
+                f"{summary.num_switches} | {summary.num_false_positives} | {summary.num_misses} | {fps:.0f} | "
+                f"{fps / reference_fps:.2f}x |"
+            )
 
 
 def check_targets(table: dict) -> list[str]:
@@ -143,20 +167,34 @@ def check_targets(table: dict) -> list[str]:
         fastest_byte = max(rows[name][1] for name in baselines if name.startswith("ByteTrack"))
         checks = [
             (f"IDF1 {ours.idf1:.3f} >= best baseline {best_idf1:.3f}", ours.idf1 >= best_idf1),
-            (f"IDSW {ours.num_switches} <= fewest baseline {fewest_switches}", ours.num_switches <= fewest_switches),
-            (f"motion-only MOTA {ours_motion.mota:.3f} >= ByteTrack {best_byte_mota:.3f} - 0.02",
-             ours_motion.mota >= best_byte_mota - 0.02),
-            (f"motion-only frames/s {rows['ours (motion only)'][1]:.0f} >= ByteTrack {fastest_byte:.0f}",
-             rows["ours (motion only)"][1] >= fastest_byte),
+            (
+                f"IDSW {ours.num_switches} <= fewest baseline {fewest_switches}",
+                ours.num_switches <= fewest_switches,
+            ),
+            (
+                f"motion-only MOTA {ours_motion.mota:.3f} >= ByteTrack {best_byte_mota:.3f} - 0.02",
+                ours_motion.mota >= best_byte_mota - 0.02,
+            ),
+            (
+                f"motion-only frames/s {rows['ours (motion only)'][1]:.0f} >= ByteTrack {fastest_byte:.0f}",
+                rows["ours (motion only)"][1] >= fastest_byte,
+            ),
         ]
         lines += [f"{'PASS' if ok else 'FAIL'} [{difficulty}] {text}" for text, ok in checks]
     return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--difficulties", nargs="+", default=list(DIFFICULTY_LEVELS), choices=list(DIFFICULTY_LEVELS),
-                        help="difficulty levels of the scenes and the simulated detector")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--difficulties",
+        nargs="+",
+        default=list(DIFFICULTY_LEVELS),
+        choices=list(DIFFICULTY_LEVELS),
+        help="difficulty levels of the scenes and the simulated detector",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="scenes per difficulty (seeds 0..N-1)")
     parser.add_argument("--num_frames", type=int, default=300, help="frames per scene")
     parser.add_argument("--num_objects", type=int, default=10, help="identities per scene")

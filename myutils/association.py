@@ -22,8 +22,9 @@ def cosine_distance(features_a: np.ndarray, features_b: np.ndarray) -> np.ndarra
     return 1.0 - normalize_rows(features_a) @ normalize_rows(features_b).T
 
 
-def appearance_distance(ema_features: np.ndarray, banks: list[np.ndarray], detections: np.ndarray,
-                        top_k: int = 5) -> np.ndarray:
+def appearance_distance(
+    ema_features: np.ndarray, banks: list[np.ndarray], detections: np.ndarray, top_k: int = 5
+) -> np.ndarray:
     """Per track, the smaller of two distances to each detection embedding -> ``[N, M]``:
 
     ``1 − cos(ema, det)`` (the smoothed look) and ``1 − mean of the top_k cosine similarities``
@@ -52,7 +53,9 @@ def fuse_costs(appearance: np.ndarray, motion: np.ndarray, appearance_weight: fl
     return appearance_weight * appearance + (1.0 - appearance_weight) * motion
 
 
-def linear_assignment(cost: np.ndarray, max_cost: float = np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def linear_assignment(
+    cost: np.ndarray, max_cost: float = np.inf
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Minimum-cost one-to-one matching that uses only pairs with ``cost <= max_cost``.
 
     Returns ``matches [K, 2]`` (row, column), the unmatched rows and the unmatched columns.

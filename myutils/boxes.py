@@ -29,8 +29,15 @@ def xyxy_to_xyah(boxes: np.ndarray) -> np.ndarray:
 def xyah_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     width, height = boxes[:, 2] * boxes[:, 3], boxes[:, 3]
-    return np.stack([boxes[:, 0] - width / 2, boxes[:, 1] - height / 2,
-                     boxes[:, 0] + width / 2, boxes[:, 1] + height / 2], axis=1)
+    return np.stack(
+        [
+            boxes[:, 0] - width / 2,
+            boxes[:, 1] - height / 2,
+            boxes[:, 0] + width / 2,
+            boxes[:, 1] + height / 2,
+        ],
+        axis=1,
+    )
 
 
 def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:

@@ -48,8 +48,12 @@ class KalmanBoxFilter:
         measurements = np.asarray(measurements, dtype=np.float64).reshape(-1, MEASUREMENT_DIM)
         mean = np.concatenate([measurements, np.zeros_like(measurements)], axis=1)
         height = measurements[:, 3]
-        std = np.concatenate([2 * self._position_std(height, 0.5e-2), 10 * self._velocity_std(height)], axis=1)
-        std[:, 6] = 1e-5  # the aspect ratio's velocity starts (and stays) nearly certain: shapes change slowly
+        std = np.concatenate(
+            [2 * self._position_std(height, 0.5e-2), 10 * self._velocity_std(height)], axis=1
+        )
+        std[:, 6] = (
+            1e-5  # the aspect ratio's velocity starts (and stays) nearly certain: shapes change slowly
+        )
         return mean, _diagonal(std**2)
 
     def predict(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +70,9 @@ class KalmanBoxFilter:
         projected_cov = self.observation @ cov @ self.observation.T + _diagonal(std**2)
         return mean[:, :MEASUREMENT_DIM], projected_cov
 
-    def update(self, mean: np.ndarray, cov: np.ndarray, measurements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def update(
+        self, mean: np.ndarray, cov: np.ndarray, measurements: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Correct each track ``i`` with its own measurement ``measurements[i]``."""
         projected_mean, projected_cov = self.project(mean, cov)
         cross = cov @ self.observation.T  # P Hᵀ  [N, 8, 4]
@@ -77,8 +83,9 @@ class KalmanBoxFilter:
         new_cov = cov - gain @ projected_cov @ np.swapaxes(gain, 1, 2)
         return new_mean, new_cov
 
-    def gating_distance(self, mean: np.ndarray, cov: np.ndarray, measurements: np.ndarray,
-                        only_position: bool = False) -> np.ndarray:
+    def gating_distance(
+        self, mean: np.ndarray, cov: np.ndarray, measurements: np.ndarray, only_position: bool = False
+    ) -> np.ndarray:
         """Squared Mahalanobis distance of every measurement ``[M, 4]`` to every track -> ``[N, M]``.
 
         With ``only_position`` only the centre is compared (use ``chi2_gate(dof=2)`` then).

@@ -51,14 +51,17 @@ class MOTSummary:
         return asdict(self)
 
 
-def evaluate_mot(ground_truth: np.ndarray, results: np.ndarray, iou_threshold: float = 0.5,
-                 min_visibility: float = 0.0) -> MOTSummary:
+def evaluate_mot(
+    ground_truth: np.ndarray, results: np.ndarray, iou_threshold: float = 0.5, min_visibility: float = 0.0
+) -> MOTSummary:
     """Compare tracker ``results`` with ``ground_truth`` (both MOT rows ``[N, >=6]``, frames from 1).
 
     Ground-truth rows whose column 7 ("consider" flag) is 0, or whose visibility (column 9) is below
     ``min_visibility``, are left out. Raises ``ValueError`` for duplicate ids within one frame.
     """
-    gt = np.asarray(ground_truth, dtype=np.float64).reshape(-1, np.shape(ground_truth)[-1] if len(ground_truth) else 10)
+    gt = np.asarray(ground_truth, dtype=np.float64).reshape(
+        -1, np.shape(ground_truth)[-1] if len(ground_truth) else 10
+    )
     hyp = np.asarray(results, dtype=np.float64).reshape(-1, np.shape(results)[-1] if len(results) else 10)
     if gt.shape[1] > 6:
         gt = gt[gt[:, 6] != 0]
@@ -83,8 +86,11 @@ def evaluate_mot(ground_truth: np.ndarray, results: np.ndarray, iou_threshold: f
         iou = iou_matrix(tlwh_to_xyxy(objects[:, 2:6]), tlwh_to_xyxy(hypotheses[:, 2:6]))
         valid = iou >= iou_threshold
         rows, cols = np.nonzero(valid)
-        np.add.at(overlap_counts, ([gt_index[o] for o in object_ids[rows]],
-                                   [hyp_index[h] for h in hypothesis_ids[cols]]), 1)
+        np.add.at(
+            overlap_counts,
+            ([gt_index[o] for o in object_ids[rows]], [hyp_index[h] for h in hypothesis_ids[cols]]),
+            1,
+        )
 
         pairs = []
         # 1. keep established correspondences that are still valid
@@ -123,23 +129,47 @@ def evaluate_mot(ground_truth: np.ndarray, results: np.ndarray, iou_threshold: f
     return MOTSummary(
         mota=1.0 - (misses + false_positives + switches) / num_objects if num_objects else float("nan"),
         motp=float(iou_sum / matches) if matches else float("nan"),
-        idf1=2 * id_true_positives / (num_objects + num_predictions) if num_objects + num_predictions else float("nan"),
+        idf1=2 * id_true_positives / (num_objects + num_predictions)
+        if num_objects + num_predictions
+        else float("nan"),
         idp=id_true_positives / num_predictions if num_predictions else float("nan"),
         idr=id_true_positives / num_objects if num_objects else float("nan"),
-        num_switches=switches, num_false_positives=false_positives, num_misses=misses, num_matches=matches,
-        num_id_true_positives=id_true_positives, num_objects=num_objects, num_predictions=num_predictions,
+        num_switches=switches,
+        num_false_positives=false_positives,
+        num_misses=misses,
+        num_matches=matches,
+        num_id_true_positives=id_true_positives,
+        num_objects=num_objects,
+        num_predictions=num_predictions,
         num_unique_objects=len(gt_index),
-        mostly_tracked=int((track_ratio >= 0.8).sum()), mostly_lost=int((track_ratio < 0.2).sum()),
+        mostly_tracked=int((track_ratio >= 0.8).sum()),
+        mostly_lost=int((track_ratio < 0.2).sum()),
     )
 
 
 def combine_summaries(summaries: list[MOTSummary]) -> MOTSummary:
     """Totals over several sequences (MOTChallenge style: counts are summed, then the ratios recomputed)."""
-    total = {key: sum(getattr(s, key) for s in summaries) for key in (
-        "num_switches", "num_false_positives", "num_misses", "num_matches", "num_id_true_positives",
-        "num_objects", "num_predictions", "num_unique_objects", "mostly_tracked", "mostly_lost")}
+    total = {
+        key: sum(getattr(s, key) for s in summaries)
+        for key in (
+            "num_switches",
+            "num_false_positives",
+            "num_misses",
+            "num_matches",
+            "num_id_true_positives",
+            "num_objects",
+            "num_predictions",
+            "num_unique_objects",
+            "mostly_tracked",
+            "mostly_lost",
+        )
+    }
     iou_sum = sum(s.motp * s.num_matches for s in summaries if s.num_matches)
-    objects, predictions, idtp = total["num_objects"], total["num_predictions"], total["num_id_true_positives"]
+    objects, predictions, idtp = (
+        total["num_objects"],
+        total["num_predictions"],
+        total["num_id_true_positives"],
+    )
     errors = total["num_misses"] + total["num_false_positives"] + total["num_switches"]
     return MOTSummary(
         mota=1.0 - errors / objects if objects else float("nan"),
@@ -153,10 +183,14 @@ def combine_summaries(summaries: list[MOTSummary]) -> MOTSummary:
 
 def format_summary(summaries: dict[str, MOTSummary]) -> str:
     """A fixed-width table, one row per named summary."""
-    header = f"{'':<24}{'MOTA':>8}{'IDF1':>8}{'MOTP':>8}{'IDSW':>7}{'FP':>7}{'FN':>7}{'MT':>5}{'ML':>5}{'GT':>7}"
+    header = (
+        f"{'':<24}{'MOTA':>8}{'IDF1':>8}{'MOTP':>8}{'IDSW':>7}{'FP':>7}{'FN':>7}{'MT':>5}{'ML':>5}{'GT':>7}"
+    )
     lines = [header]
     for name, s in summaries.items():
-        lines.append(f"{name:<24}{s.mota:>8.3f}{s.idf1:>8.3f}{s.motp:>8.3f}{s.num_switches:>7d}"
-                     f"{s.num_false_positives:>7d}{s.num_misses:>7d}{s.mostly_tracked:>5d}{s.mostly_lost:>5d}"
-                     f"{s.num_objects:>7d}")
+        lines.append(
+            f"{name:<24}{s.mota:>8.3f}{s.idf1:>8.3f}{s.motp:>8.3f}{s.num_switches:>7d}"
+            f"{s.num_false_positives:>7d}{s.num_misses:>7d}{s.mostly_tracked:>5d}{s.mostly_lost:>5d}"
+            f"{s.num_objects:>7d}"
+        )
     return "\n".join(lines)

@@ -21,12 +21,33 @@ DIFFICULTY_LEVELS = {
     # run_rate/run_length: chance per object and frame to start a run of missed frames and its length range;
     # false_positives: mean count per frame; min_visibility: less visible objects are never detected;
     # embedding_noise: std of the appearance noise (relative to the unit identity vector)
-    "easy": {"jitter": 0.03, "miss_rate": 0.03, "run_rate": 0.005, "run_length": (3, 8),
-             "false_positives": 0.3, "min_visibility": 0.15, "embedding_noise": 0.35},
-    "medium": {"jitter": 0.05, "miss_rate": 0.06, "run_rate": 0.01, "run_length": (4, 12),
-               "false_positives": 1.0, "min_visibility": 0.25, "embedding_noise": 0.5},
-    "hard": {"jitter": 0.08, "miss_rate": 0.1, "run_rate": 0.02, "run_length": (5, 20),
-             "false_positives": 2.0, "min_visibility": 0.35, "embedding_noise": 0.7},
+    "easy": {
+        "jitter": 0.03,
+        "miss_rate": 0.03,
+        "run_rate": 0.005,
+        "run_length": (3, 8),
+        "false_positives": 0.3,
+        "min_visibility": 0.15,
+        "embedding_noise": 0.35,
+    },
+    "medium": {
+        "jitter": 0.05,
+        "miss_rate": 0.06,
+        "run_rate": 0.01,
+        "run_length": (4, 12),
+        "false_positives": 1.0,
+        "min_visibility": 0.25,
+        "embedding_noise": 0.5,
+    },
+    "hard": {
+        "jitter": 0.08,
+        "miss_rate": 0.1,
+        "run_rate": 0.02,
+        "run_length": (5, 20),
+        "false_positives": 2.0,
+        "min_visibility": 0.35,
+        "embedding_noise": 0.7,
+    },
 }
 
 
@@ -40,8 +61,9 @@ class SimulatedDetections:
     visibility: np.ndarray
 
 
-def simulate_detections(ground_truth: np.ndarray, width: int, height: int, difficulty: str = "medium",
-                        seed: int = 0) -> SimulatedDetections:
+def simulate_detections(
+    ground_truth: np.ndarray, width: int, height: int, difficulty: str = "medium", seed: int = 0
+) -> SimulatedDetections:
     """Detections for every frame of ``ground_truth`` (MOT gt rows with visibility in column 8)."""
     if difficulty not in DIFFICULTY_LEVELS:
         raise ValueError(f"difficulty must be one of {sorted(DIFFICULTY_LEVELS)}, got {difficulty!r}")
@@ -69,12 +91,16 @@ def simulate_detections(ground_truth: np.ndarray, width: int, height: int, diffi
             w, h = rng.uniform(20, 100), rng.uniform(20, 110)
             box = np.array([rng.uniform(0, width - w), rng.uniform(0, height - h), w, h])
             _append(rows, identities, visibility, frame, box, rng.uniform(0.1, 0.65), 0, 0.0, width, height)
-    return SimulatedDetections(np.asarray(rows, dtype=np.float64).reshape(-1, 10),
-                               np.asarray(identities, dtype=int), np.asarray(visibility, dtype=np.float64))
+    return SimulatedDetections(
+        np.asarray(rows, dtype=np.float64).reshape(-1, 10),
+        np.asarray(identities, dtype=int),
+        np.asarray(visibility, dtype=np.float64),
+    )
 
 
-def simulate_embeddings(detections: SimulatedDetections, difficulty: str = "medium", dim: int = 128,
-                        seed: int = 0) -> np.ndarray:
+def simulate_embeddings(
+    detections: SimulatedDetections, difficulty: str = "medium", dim: int = 128, seed: int = 0
+) -> np.ndarray:
     """Unit embeddings ``[N, dim]``: identity vector + noise growing as the object is hidden; random for FPs."""
     noise_std = DIFFICULTY_LEVELS[difficulty]["embedding_noise"]
     rng = np.random.default_rng(seed)
@@ -91,7 +117,9 @@ def simulate_embeddings(detections: SimulatedDetections, difficulty: str = "medi
     return embeddings
 
 
-def _jitter(left: float, top: float, w: float, h: float, amount: float, rng: np.random.Generator) -> np.ndarray:
+def _jitter(
+    left: float, top: float, w: float, h: float, amount: float, rng: np.random.Generator
+) -> np.ndarray:
     x0, y0 = left + rng.normal(0, amount * w), top + rng.normal(0, amount * h)
     x1, y1 = left + w + rng.normal(0, amount * w), top + h + rng.normal(0, amount * h)
     return np.array([x0, y0, max(x1 - x0, 2.0), max(y1 - y0, 2.0)])

@@ -34,25 +34,34 @@ def sequence_pairs(gt_dir: Path, results_dir: Path) -> dict[str, tuple[Path, Pat
     return pairs
 
 
-def evaluate_files(pairs: dict[str, tuple[Path, Path]], iou_threshold: float = 0.5,
-                   min_visibility: float = 0.0) -> dict[str, MOTSummary]:
+def evaluate_files(
+    pairs: dict[str, tuple[Path, Path]], iou_threshold: float = 0.5, min_visibility: float = 0.0
+) -> dict[str, MOTSummary]:
     """One summary per sequence, plus ``"COMBINED"`` when there are several."""
-    summaries = {name: evaluate_mot(read_mot(gt), read_mot(results), iou_threshold, min_visibility)
-                 for name, (gt, results) in pairs.items()}
+    summaries = {
+        name: evaluate_mot(read_mot(gt), read_mot(results), iou_threshold, min_visibility)
+        for name, (gt, results) in pairs.items()
+    }
     if len(summaries) > 1:
         summaries["COMBINED"] = combine_summaries(list(summaries.values()))
     return summaries
 
 
 def main(argv: list[str] | None = None) -> dict[str, MOTSummary]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gt", type=Path, help="ground-truth file of one sequence")
     parser.add_argument("--results", type=Path, help="tracker results of that sequence")
     parser.add_argument("--gt_dir", type=Path, help="folder of MOT sequences, each with gt/gt.txt")
     parser.add_argument("--results_dir", type=Path, help="folder with one <sequence>.txt per sequence")
     parser.add_argument("--iou", type=float, default=0.5, help="least IoU for a box to match (default 0.5)")
-    parser.add_argument("--min_visibility", type=float, default=0.0,
-                        help="leave out ground-truth boxes less visible than this (default 0: all count)")
+    parser.add_argument(
+        "--min_visibility",
+        type=float,
+        default=0.0,
+        help="leave out ground-truth boxes less visible than this (default 0: all count)",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
     if args.gt and args.results:

@@ -50,8 +50,9 @@ def textbook_step(kf, mean, cov, measurement):
 def test_batched_filter_equals_textbook_per_track():
     rng = np.random.default_rng(0)
     kf = KalmanBoxFilter()
-    first = np.column_stack([rng.uniform(50, 500, 5), rng.uniform(50, 300, 5), rng.uniform(0.3, 2, 5),
-                             rng.uniform(20, 120, 5)])
+    first = np.column_stack(
+        [rng.uniform(50, 500, 5), rng.uniform(50, 300, 5), rng.uniform(0.3, 2, 5), rng.uniform(20, 120, 5)]
+    )
     mean, cov = kf.initiate(first)
     expected = [(m.copy(), c.copy()) for m, c in zip(mean, cov, strict=True)]
     for _ in range(4):
@@ -72,10 +73,14 @@ def test_gating_distance_is_mahalanobis_and_gate_rejects_far_boxes():
     for i in range(2):
         inverse = np.linalg.inv(projected_cov[i])
         for j in range(3):
-            assert distance[i, j] == pytest.approx(mahalanobis(measurements[j], projected_mean[i], inverse) ** 2)
+            assert distance[i, j] == pytest.approx(
+                mahalanobis(measurements[j], projected_mean[i], inverse) ** 2
+            )
     position_only = kf.gating_distance(mean, cov, measurements, only_position=True)
     inverse = np.linalg.inv(projected_cov[0][:2, :2])
-    assert position_only[0, 1] == pytest.approx(mahalanobis(measurements[1, :2], projected_mean[0, :2], inverse) ** 2)
+    assert position_only[0, 1] == pytest.approx(
+        mahalanobis(measurements[1, :2], projected_mean[0, :2], inverse) ** 2
+    )
     assert chi2_gate(0.95, 4) == pytest.approx(9.4877, abs=1e-4)
     assert chi2_gate(0.95, 2) == pytest.approx(5.9915, abs=1e-4)
     gated_in = distance <= chi2_gate(0.95, 4)

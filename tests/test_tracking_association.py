@@ -23,11 +23,13 @@ def brute_force(cost: np.ndarray, max_cost: float) -> tuple[int, float]:
 
 def test_assignment_on_constructed_cost_matrix():
     inf = np.inf
-    cost = np.array([
-        [0.9, 0.1, inf, 0.5],
-        [0.2, 0.3, inf, inf],
-        [inf, inf, inf, inf],  # a track with no allowed detection
-    ])
+    cost = np.array(
+        [
+            [0.9, 0.1, inf, 0.5],
+            [0.2, 0.3, inf, inf],
+            [inf, inf, inf, inf],  # a track with no allowed detection
+        ]
+    )
     matches, unmatched_rows, unmatched_cols = linear_assignment(cost)
     assert sorted(map(tuple, matches)) == [(0, 1), (1, 0)]  # 0.1 + 0.2 beats 0.9 + 0.3 or 0.5 + 0.2
     assert unmatched_rows.tolist() == [2] and unmatched_cols.tolist() == [2, 3]

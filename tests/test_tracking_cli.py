@@ -22,9 +22,13 @@ SHORT = 4  # frames of the sequence that runs YOLOv7 (slow on CPU) at a 64-pixel
 
 
 def generated_sequence(folder, num_frames):
-    scene = generate_scene(num_frames=num_frames, num_objects=4, width=320, height=192, seed=5, difficulty="easy")
+    scene = generate_scene(
+        num_frames=num_frames, num_objects=4, width=320, height=192, seed=5, difficulty="easy"
+    )
     path = write_mot_sequence(scene, folder)
-    write_mot(path / "det" / "det.txt", simulate_detections(scene.ground_truth, 320, 192, "easy", seed=5).rows)
+    write_mot(
+        path / "det" / "det.txt", simulate_detections(scene.ground_truth, 320, 192, "easy", seed=5).rows
+    )
     return path
 
 
@@ -39,17 +43,42 @@ def short_sequence(tmp_path_factory):
 
 
 def test_help_describes_the_options():
-    result = subprocess.run([sys.executable, "tracking.py", "--help"], capture_output=True, text=True, check=True,
-                            cwd=tracking.Path(tracking.__file__).parent)
-    for option in ("--video", "--frames", "--detections", "--encoder", "--no_appearance", "--save_video", "--gt",
-                   "--max_age", "--n_init", "--reid_max_distance"):
+    result = subprocess.run(
+        [sys.executable, "tracking.py", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tracking.Path(tracking.__file__).parent,
+    )
+    for option in (
+        "--video",
+        "--frames",
+        "--detections",
+        "--encoder",
+        "--no_appearance",
+        "--save_video",
+        "--gt",
+        "--max_age",
+        "--n_init",
+        "--reid_max_distance",
+    ):
         assert option in result.stdout
 
 
 def test_detections_file_only_motion_tracking(sequence, tmp_path, capsys):
     output = tmp_path / "results.txt"
-    run = tracking.main(["--detections", str(sequence / "det" / "det.txt"), "--output", str(output),
-                         "--gt", str(sequence / "gt" / "gt.txt"), "--n_init", "2"])
+    run = tracking.main(
+        [
+            "--detections",
+            str(sequence / "det" / "det.txt"),
+            "--output",
+            str(output),
+            "--gt",
+            str(sequence / "gt" / "gt.txt"),
+            "--n_init",
+            "2",
+        ]
+    )
     written = read_mot(output)
     expected = track_detections(read_mot(sequence / "det" / "det.txt"), TrackerConfig(n_init=2))
     assert np.array_equal(written[:, :2], expected[:, :2])
@@ -62,8 +91,12 @@ def test_detections_file_only_motion_tracking(sequence, tmp_path, capsys):
 
 def test_frames_with_detections_and_video_output(sequence, tmp_path):
     video = tmp_path / "out.mp4"
-    run = tracking.track(frames=str(sequence / "img1"), detections=str(sequence / "det" / "det.txt"),
-                         save_video=str(video), gt=str(sequence / "gt" / "gt.txt"))
+    run = tracking.track(
+        frames=str(sequence / "img1"),
+        detections=str(sequence / "det" / "det.txt"),
+        save_video=str(video),
+        gt=str(sequence / "gt" / "gt.txt"),
+    )
     assert run.num_frames == NUM_FRAMES
     capture = cv2.VideoCapture(str(video))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == NUM_FRAMES
@@ -84,9 +117,15 @@ def test_video_input_and_roi_encoder_appearance(short_sequence, tmp_path):
     torch.manual_seed(0)
     encoder_path = save_checkpoint(encoder_checkpoint_state(ROIEncoder()), tmp_path / "encoder.pth")
     with pytest.warns(UserWarning, match="randomly initialised"):
-        run = tracking.track(video=str(video), detections=str(short_sequence / "det" / "det.txt"),
-                             encoder=str(encoder_path), img_size=64, device="cpu", output=str(tmp_path / "app.txt"),
-                             config=TrackerConfig(n_init=1))
+        run = tracking.track(
+            video=str(video),
+            detections=str(short_sequence / "det" / "det.txt"),
+            encoder=str(encoder_path),
+            img_size=64,
+            device="cpu",
+            output=str(tmp_path / "app.txt"),
+            config=TrackerConfig(n_init=1),
+        )
     assert run.num_frames == SHORT
     assert len(read_mot(tmp_path / "app.txt")) == len(run.rows) > 0
 
@@ -109,10 +148,18 @@ def test_appearance_embeddings_are_unit_vectors_per_box(short_sequence, tmp_path
 def test_frames_with_yolov7_detections(short_sequence, tmp_path):
     output = tmp_path / "yolo.txt"
     with pytest.warns(UserWarning, match="randomly initialised"):
-        run = tracking.track(frames=str(short_sequence), img_size=64, conf=0.3, device="cpu", output=str(output),
-                             config=TrackerConfig(n_init=1))
+        run = tracking.track(
+            frames=str(short_sequence),
+            img_size=64,
+            conf=0.3,
+            device="cpu",
+            output=str(output),
+            config=TrackerConfig(n_init=1),
+        )
     assert run.num_frames == SHORT
-    written = read_mot(output)  # a random network may detect anything or nothing; the file is valid either way
+    written = read_mot(
+        output
+    )  # a random network may detect anything or nothing; the file is valid either way
     assert written.shape == run.rows.shape and set(written[:, 0]) <= set(range(1, SHORT + 1))
 
 
@@ -140,10 +187,19 @@ def test_evaluation_script_over_sequence_folders(tmp_path, capsys):
         detections = simulate_detections(scene.ground_truth, scene.width, scene.height, "medium", seed=seed)
         results = track_detections(detections.rows, num_frames=40)
         write_mot(tmp_path / "results" / f"{name}.txt", results)
-        expected[name] = evaluate_mot(read_mot(tmp_path / "gt" / name / "gt" / "gt.txt"),
-                                      read_mot(tmp_path / "results" / f"{name}.txt"))
-    summaries = evaluate_main(["--gt_dir", str(tmp_path / "gt"), "--results_dir", str(tmp_path / "results"),
-                               "--json", str(tmp_path / "metrics.json")])
+        expected[name] = evaluate_mot(
+            read_mot(tmp_path / "gt" / name / "gt" / "gt.txt"), read_mot(tmp_path / "results" / f"{name}.txt")
+        )
+    summaries = evaluate_main(
+        [
+            "--gt_dir",
+            str(tmp_path / "gt"),
+            "--results_dir",
+            str(tmp_path / "results"),
+            "--json",
+            str(tmp_path / "metrics.json"),
+        ]
+    )
     assert summaries["SEQ-1"] == expected["SEQ-1"] and summaries["SEQ-2"] == expected["SEQ-2"]
     assert summaries["COMBINED"] == combine_summaries(list(expected.values()))
     saved = json.loads((tmp_path / "metrics.json").read_text())

@@ -17,11 +17,19 @@ def test_clear_mot_and_idf1_by_hand():
     ground_truth = np.array([row(f, 1, 0, 0) for f in range(1, 5)] + [row(f, 2, 50, 0) for f in range(1, 5)])
     results = np.array(
         [row(1, 7, 0, 0), row(2, 7, 1, 0), row(3, 8, 0, 0), row(4, 8, 0, 0)]  # object 1: one switch (7 -> 8)
-        + [row(1, 9, 50, 0), row(2, 9, 58, 0)]  # object 2: IoU 2/18 in frame 2 -> FP + miss; frames 3-4 missed
+        + [
+            row(1, 9, 50, 0),
+            row(2, 9, 58, 0),
+        ]  # object 2: IoU 2/18 in frame 2 -> FP + miss; frames 3-4 missed
         + [row(4, 5, 200, 200)]  # a false positive
     )
     summary = evaluate_mot(ground_truth, results)
-    assert (summary.num_matches, summary.num_switches, summary.num_false_positives, summary.num_misses) == (5, 1, 2, 3)
+    assert (summary.num_matches, summary.num_switches, summary.num_false_positives, summary.num_misses) == (
+        5,
+        1,
+        2,
+        3,
+    )
     assert summary.mota == pytest.approx(1 - (3 + 2 + 1) / 8)
     # IDF1: best mapping 1->7 (2 frames) or 1->8 (2), 2->9 (1 valid frame) -> IDTP 3
     assert summary.num_id_true_positives == 3
@@ -45,8 +53,18 @@ def motmetrics_numbers(ground_truth: np.ndarray, results: np.ndarray) -> dict:
         gt, hyp = ground_truth[ground_truth[:, 0] == frame], results[results[:, 0] == frame]
         distances = mm.distances.iou_matrix(gt[:, 2:6], hyp[:, 2:6], max_iou=0.5)
         accumulator.update(gt[:, 1].astype(int), hyp[:, 1].astype(int), distances, frameid=frame)
-    names = ["mota", "motp", "idf1", "idp", "idr", "num_switches", "num_false_positives", "num_misses",
-             "mostly_tracked", "mostly_lost"]
+    names = [
+        "mota",
+        "motp",
+        "idf1",
+        "idp",
+        "idr",
+        "num_switches",
+        "num_false_positives",
+        "num_misses",
+        "mostly_tracked",
+        "mostly_lost",
+    ]
     frame = mm.metrics.create().compute(accumulator, metrics=names, name="seq")
     return {name: float(frame[name].iloc[0]) for name in names}
 

@@ -117,8 +117,9 @@ def test_track_detections_equals_a_manual_loop_and_results_round_trip(tmp_path):
     tracker, manual = Tracker(TrackerConfig(n_init=2)), []
     for frame in range(1, int(detections[:, 0].max()) + 1):
         in_frame = detections[:, 0] == frame
-        for obj in tracker.update(tlwh_to_xyxy(detections[in_frame, 2:6]), detections[in_frame, 6],
-                                  embeddings[in_frame]):
+        for obj in tracker.update(
+            tlwh_to_xyxy(detections[in_frame, 2:6]), detections[in_frame, 6], embeddings[in_frame]
+        ):
             manual.append((frame, obj.track_id))
     assert [(int(f), int(i)) for f, i in rows[:, :2]] == manual
     path = write_mot(tmp_path / "results.txt", rows)
