@@ -25,12 +25,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from myutils.boxes import tlwh_to_xyxy
 from myutils.mot_io import read_mot, rows_by_frame, write_mot
 from myutils.mot_metrics import MOTSummary, evaluate_mot, format_summary
+from myutils.roi_appearance import ROIAppearance
 from myutils.tracker import TrackedObject, Tracker, TrackerConfig, results_to_mot_rows
 
 DEMO_DIR = Path("demo_runs/tracking")
@@ -43,25 +43,6 @@ class TrackingRun:
     num_frames: int
     association_fps: float  # tracker.update calls only (no detector, no encoder)
     summary: MOTSummary | None = None
-
-
-class Appearance:
-    """ROI embeddings of boxes: YOLOv7 SPPCSPC map -> ROI align -> ROI encoder (unit vectors)."""
-
-    def __init__(self, encoder_path: str | os.PathLike, detector):
-        from myutils.roi_encoder import load_roi_encoder
-
-        self.detector = detector
-        self.encoder = load_roi_encoder(encoder_path, detector.device)
-
-    @torch.no_grad()
-    def embed(self, features: torch.Tensor, letterbox, boxes_xyxy: np.ndarray) -> np.ndarray:
-        from myutils.roi_features import roi_align_features
-
-        if len(boxes_xyxy) == 0:
-            return np.zeros((0, self.encoder.config.embedding_dim))
-        boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32, device=features.device)
-        return self.encoder(roi_align_features(features, boxes, letterbox)).float().cpu().numpy()
 
 
 def frame_numbers_and_images(source_path: str | None, last_detection_frame: int) -> Iterator[tuple]:
@@ -161,7 +142,7 @@ def track(
         detector = YOLOv7Detector(
             yolo_weights, img_size=img_size, conf_threshold=conf, iou_threshold=iou, device=device
         )
-    appearance = Appearance(encoder, detector) if use_appearance else None
+    appearance = ROIAppearance(encoder, detector) if use_appearance else None
 
     tracker = Tracker(config)
     display = Display(show)
@@ -198,26 +179,30 @@ def frame_detections(
     image: np.ndarray | None,
     file_detections: dict | None,
     detector,
-    appearance: Appearance | None,
+    appearance: ROIAppearance | None,
 ):
     """Boxes (xyxy), scores and embeddings (or ``None``) of one frame, from the file or from YOLOv7."""
-    features = letterbox = None
     if file_detections is not None:
         rows = file_detections.get(number, np.zeros((0, 10)))
-        boxes, scores = tlwh_to_xyxy(rows[:, 2:6]), rows[:, 6]
-        if appearance is not None and image is not None:
-            features, letterbox = detector.backbone_features(image)
-    elif image is not None:
-        result = detector(image)
-        boxes, scores = result.boxes.cpu().double().numpy(), result.scores.cpu().double().numpy()
-        features, letterbox = result.features, result.letterbox
-    else:  # an unreadable image and no detection file: nothing detected
+        boxes, scores = drop_empty_boxes(tlwh_to_xyxy(rows[:, 2:6]), rows[:, 6])
+        if appearance is None or image is None:
+            return boxes, scores, None
+        return boxes, scores, appearance.embed_image(image, boxes)
+    if image is None:  # an unreadable image and no detection file: nothing detected
         return np.zeros((0, 4)), np.zeros(0), None
-    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # zero-size boxes carry no object
-    boxes, scores = boxes[valid], scores[valid]
-    if appearance is None or features is None:
+    result = detector(image)
+    boxes, scores = drop_empty_boxes(
+        result.boxes.cpu().double().numpy(), result.scores.cpu().double().numpy()
+    )
+    if appearance is None:
         return boxes, scores, None
-    return boxes, scores, appearance.embed(features, letterbox, boxes)
+    return boxes, scores, appearance.embed(result.features, result.letterbox, boxes)
+
+
+def drop_empty_boxes(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-size boxes (seen in detection files and clipped detections) carry no object."""
+    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[valid], scores[valid]
 
 
 def open_video_writer(path: str, width: int, height: int) -> cv2.VideoWriter:

@@ -133,16 +133,20 @@ def test_video_input_and_roi_encoder_appearance(short_sequence, tmp_path):
 def test_appearance_embeddings_are_unit_vectors_per_box(short_sequence, tmp_path):
     from myutils.detector import YOLOv7Detector
     from myutils.image_io import read_image_rgb
+    from myutils.roi_appearance import ROIAppearance
 
     save_checkpoint(encoder_checkpoint_state(ROIEncoder()), tmp_path / "encoder.pth")
     with pytest.warns(UserWarning):
         detector = YOLOv7Detector(img_size=64, device="cpu")
-    appearance = tracking.Appearance(tmp_path / "encoder.pth", detector)
-    features, letterbox = detector.backbone_features(read_image_rgb(short_sequence / "img1" / "000001.jpg"))
+    appearance = ROIAppearance(tmp_path / "encoder.pth", detector)
+    image = read_image_rgb(short_sequence / "img1" / "000001.jpg")
     boxes = np.array([[10.0, 10.0, 80.0, 90.0], [100.0, 40.0, 180.0, 150.0]])
-    embeddings = appearance.embed(features, letterbox, boxes)
+    embeddings = appearance.embed_image(image, boxes)
     assert embeddings.shape == (2, 128) and np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
-    assert appearance.embed(features, letterbox, np.zeros((0, 4))).shape == (0, 128)
+    # the same boxes on the map of a full detection pass give the same embeddings
+    result = detector(image)
+    assert np.allclose(appearance.embed(result.features, result.letterbox, boxes), embeddings, atol=1e-5)
+    assert appearance.embed_image(image, np.zeros((0, 4))).shape == (0, 128)
 
 
 def test_frames_with_yolov7_detections(short_sequence, tmp_path):
