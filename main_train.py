@@ -17,6 +17,7 @@ import argparse
 import functools
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -188,7 +189,9 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> dict:
     for epoch in range(start_epoch, args.epochs):
         loader.sampler.set_epoch(epoch)
         encoder.set_warmup(epoch < args.warmup_epochs)
+        started = time.perf_counter()
         metrics, local_indices = train_one_epoch(model, loader, optimizer, scheduler, scaler, args, ctx, epoch, amp, log)
+        metrics["samples_per_s"] = len(loader.sampler) * ctx.world_size / (time.perf_counter() - started)
         if args.log_sample_indices:
             # every rank contributes its list (padded to the common length) for the audit file
             counts = all_gather_tensor(torch.tensor([len(local_indices)], device=ctx.device))
@@ -211,7 +214,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> dict:
     if ctx.is_main:
         log.close()
         if history:
-            plot_curves(history, {"loss": ["loss"], "terms": ["nt_xent", "kl"], "beta": ["beta"], "lr": ["lr"]},
+            plot_curves(history, {"loss": ["loss"], "terms": ["nt_xent", "kl"], "beta": ["beta"], "lr": ["lr"],
+                                  "throughput": ["samples_per_s"]},
                         output / "curves.png", title="ROI encoder training")
     return history
 
