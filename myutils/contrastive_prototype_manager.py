@@ -246,26 +246,25 @@ class ContrastivePrototypeManager(nn.Module):
 
     def _contrastive_loss(self, features: Tensor, unit: Tensor, labels: Tensor) -> Tensor:
         """Σ_c [1 − (mean_i a_i f̂_i)·(mean_j b_j m̂_j)] / C over classes with ≥ 2 features and ≥ 2 memory items."""
-        valid = labels != self.ignore_index
-        class_ids = labels.masked_fill(~valid, 0)
-        class_sizes = torch.bincount(class_ids, weights=valid.float(), minlength=self.num_classes)
+        class_ids = labels.masked_fill(labels == self.ignore_index, self.num_classes)  # ignored: spare row C
+        class_sizes = torch.bincount(class_ids, minlength=self.num_classes + 1)[: self.num_classes]
         usable = (class_sizes >= 2) & (self.memory_count >= 2)
-        weights = valid.float()
         memory_weights = self._filled_mask().float()
         if self.feature_selectors is not None:
-            weights, memory_weights = self._selector_weights(features, labels, usable, weights, memory_weights)
-        weighted = unit * weights[:, None]
-        feature_means = unit.new_zeros(self.num_classes, self.feature_dim).index_add_(0, class_ids, weighted)
-        feature_means = feature_means / class_sizes.clamp_min(1)[:, None]
+            weights, memory_weights = self._selector_weights(features, labels, usable, memory_weights)
+            unit = unit * weights[:, None]
+        feature_sums = unit.new_zeros(self.num_classes + 1, self.feature_dim).index_add_(0, class_ids, unit)
+        feature_means = feature_sums[: self.num_classes] / class_sizes.clamp_min(1)[:, None]
         memory_means = (self._unit_memory() * memory_weights[..., None]).sum(1)
         memory_means = memory_means / self.memory_count.clamp_min(1)[:, None]
         per_class = 1.0 - (feature_means * memory_means).sum(1)
         return (per_class * usable).sum() / self.num_classes
 
     def _selector_weights(
-        self, features: Tensor, labels: Tensor, usable: Tensor, weights: Tensor, memory_weights: Tensor
+        self, features: Tensor, labels: Tensor, usable: Tensor, memory_weights: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Rescaled sigmoid weights (mean 1 within each class) for the usable classes' features and memory."""
+        weights = features.new_ones(features.shape[0])  # rows of other classes do not enter the loss
         counts = self.memory_count.tolist()
         unit_memory = self._unit_memory()
         for class_id in usable.nonzero().reshape(-1).tolist():
@@ -296,13 +295,14 @@ class ContrastivePrototypeManager(nn.Module):
         cosine = unit @ prototypes.T  # [N, C]
         squared_distance = (2.0 - 2.0 * cosine).clamp_min(0.0)  # ‖f̂ − p‖² for unit vectors
         valid = labels != self.ignore_index
-        own_class = F.one_hot(labels.masked_fill(~valid, 0), self.num_classes).bool() & valid[:, None]
-        intra_mask = own_class & has_prototype
-        inter_mask = ~own_class & valid[:, None] & has_prototype
+        own = labels.masked_fill(~valid, 0)[:, None]
+        intra_rows = valid & has_prototype[own.squeeze(1)]
+        intra = (squared_distance.gather(1, own).squeeze(1) * intra_rows).sum() / intra_rows.sum().clamp_min(1)
         distance = (squared_distance + 1e-12).sqrt()  # eps keeps the gradient finite at distance 0
-        hinge = (self.margin - distance).clamp_min(0.0)
-        intra = (squared_distance * intra_mask).sum() / intra_mask.sum().clamp_min(1)
-        inter = (hinge * inter_mask).sum() / inter_mask.sum().clamp_min(1)
+        hinge = (self.margin - distance).clamp_min(0.0) * has_prototype
+        other_classes = hinge.sum(1) - hinge.gather(1, own).squeeze(1)  # every prototype but the own class's
+        pairs = valid.sum() * has_prototype.sum() - intra_rows.sum()
+        inter = (other_classes * valid).sum() / pairs.clamp_min(1)
         return intra, inter
 
     # ------------------------------------------------------------- validation
@@ -339,14 +339,15 @@ class ContrastivePrototypeManager(nn.Module):
         self._check_device(features, "features")
         row_shape = features.shape[:1] + features.shape[2:]
         features = features.movedim(1, -1).reshape(-1, self.feature_dim)
-        problems = [(~torch.isfinite(features)).any()]
+        # min and max propagate NaN and reach ±inf, so both are finite exactly when every element is.
+        problems = [~torch.isfinite(torch.stack(torch.aminmax(features))).all()]
         if predictions is not None:
             expected = (row_shape[0], self.num_classes, *row_shape[1:])
             if tuple(predictions.shape) != expected:
                 raise ValueError(f"predictions must have shape {expected} to match features, got {tuple(predictions.shape)}")
             self._check_device(predictions, "predictions")
             predictions = predictions.movedim(1, -1).reshape(-1, self.num_classes)
-            problems.append((~torch.isfinite(predictions)).any())
+            problems.append(~torch.isfinite(torch.stack(torch.aminmax(predictions))).all())
         if labels is not None:
             if labels.shape != row_shape:
                 raise ValueError(f"labels must have shape {tuple(row_shape)} to match features, got {tuple(labels.shape)}")
