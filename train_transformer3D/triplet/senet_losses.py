@@ -10,7 +10,7 @@ Angle-aware triplet loss (seed 004, after "domain-aware triplet loss")::
 
 Identity preservation: ``L_id = mean((front[:, D] − src[:, D])²)`` over the identity dimensions D.
 Frontal target (absent from the seed, after DREAM's mapping loss): ``L_tgt = 1 − cos(front, tgt)`` or
-``mean((front − tgt)²)``.  Objective: ``L_triplet + w_id · L_id + w_tgt · L_tgt``; ``w_tgt = 0`` is the seed's.
+``mean_batch ‖front − tgt‖²``.  Objective: ``L_triplet + w_id · L_id + w_tgt · L_tgt``; ``w_tgt = 0`` is the seed's.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def target_alignment_loss(front_features: torch.Tensor, target: torch.Tensor, ki
     """How far the mapped feature is from the person's frontal feature."""
     if kind == "cosine":
         return 1.0 - F.cosine_similarity(front_features.float(), target.float(), dim=1).mean()
-    if kind == "mse":
-        return F.mse_loss(front_features.float(), target.float())
+    if kind == "mse":  # summed over dimensions: a per-element mean would shrink the gradient by 1/dim
+        return (front_features.float() - target.float()).pow(2).sum(dim=1).mean()
     raise ValueError(f"unknown target loss {kind!r}; choose one of {TARGET_LOSSES}")
 
 
