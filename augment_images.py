@@ -45,11 +45,11 @@ def colour_agnostic_augmentations(img_size: int | Sequence[int]) -> list[A.Basic
     hole = (0.08, 0.2)
     return [
         # geometric: crop/scale, then rotation/shear/translation
-        A.RandomResizedCrop(size=(height, width), scale=(0.5, 1.0), ratio=(0.75, 1.333)),
+        A.RandomResizedCrop(size=(height, width), scale=(0.7, 1.0), ratio=(0.8, 1.25)),
         A.HorizontalFlip(p=0.5),
         A.Affine(
-            scale=(0.85, 1.15), translate_percent=(-0.08, 0.08), rotate=(-20, 20), shear=(-8, 8),
-            border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.6,
+            scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15), shear=(-5, 5),
+            border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5,
         ),
         # colour: one strong colour-destroying operation, then mild jitter on top
         A.OneOf(

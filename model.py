@@ -62,7 +62,9 @@ class EmbeddingModel(nn.Module):
         if emb_dim < 1:
             raise ValueError(f"emb_dim must be positive, got {emb_dim}")
         self.backbone = create_backbone(model_name, pretrained)
-        self.projection = nn.Linear(self.backbone.num_features, emb_dim)
+        # models with a pre-logits head (MobileNetV3, ...) pool to head_hidden_size, others to num_features
+        pooled_dim = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.projection = nn.Linear(pooled_dim, emb_dim)
         data_config = timm.data.resolve_model_data_config(self.backbone)
         _, height, width = data_config["input_size"]
         self.config: dict[str, Any] = {

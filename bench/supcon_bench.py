@@ -1,0 +1,223 @@
+"""SupCon benchmarks; every figure is a ratio against a baseline measured in the same run.
+
+1. SupConLoss forward+backward (512 views × 128 dims): time and peak memory vs pytorch-metric-learning's
+   SupConLoss (target ratio ≤ 1.0).
+2. One optimizer step at target_batch=128 from batch_size=16: gradient cache vs plain accumulation
+   (target ≤ 1.6×).
+3. train.py images/s vs a bare loop doing the same step on in-memory tensors (target ≥ 0.8: the input
+   pipeline must not starve the model).
+4. Top-5 search of 1,000 queries in a 10,000 × 512 gallery: ``myutils.retrieval.top_k_search`` vs faiss
+   ``IndexFlatIP`` (target ≤ 2×).
+
+    python bench/supcon_bench.py            # CPU, about 3-5 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from loss import SupConLoss  # noqa: E402
+from model import EmbeddingModel  # noqa: E402
+from myutils.grad_cache import accumulated_backward, grad_cache_backward  # noqa: E402
+from myutils.retrieval import top_k_search  # noqa: E402
+from myutils.synthetic_garments import generate_garment_dataset  # noqa: E402
+from train import train_supcon  # noqa: E402
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------- 1. loss
+def loss_inputs(views: int = 512, dim: int = 128, n_classes: int = 32, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    features = F.normalize(torch.randn(views // 2, 2, dim, generator=generator), dim=-1)
+    labels = torch.randint(0, n_classes, (views // 2,), generator=generator)
+    return features, labels
+
+
+def loss_step(which: str) -> Callable[[], None]:
+    """Forward+backward of our SupConLoss or pytorch-metric-learning's on the same 512 views."""
+    features, labels = loss_inputs()
+    if which == "ours":
+        loss_fn = SupConLoss(0.1)
+
+        def step():
+            leaf = features.clone().requires_grad_(True)
+            loss_fn(leaf, labels).backward()
+    else:
+        from pytorch_metric_learning.losses import SupConLoss as PMLSupConLoss
+
+        pml_loss, flat, flat_labels = PMLSupConLoss(0.1), features.transpose(0, 1).reshape(-1, 128), labels.repeat(2)
+
+        def step():
+            leaf = flat.clone().requires_grad_(True)
+            pml_loss(leaf, flat_labels).backward()
+    return step
+
+
+def peak_memory_in_subprocess(which: str) -> int:
+    """Peak extra resident memory (bytes) of one loss step, in a fresh process (max RSS is per process)."""
+    result = subprocess.run([sys.executable, __file__, "--measure_loss_memory", which],
+                            capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def measure_loss_memory(which: str) -> int:
+    step = loss_step(which)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+
+
+def bench_loss(repeats: int) -> list[dict]:
+    ours_time = median_seconds(loss_step("ours"), repeats, warmup=3)
+    pml_time = median_seconds(loss_step("pml"), repeats, warmup=3)
+    ours_mem, pml_mem = peak_memory_in_subprocess("ours"), peak_memory_in_subprocess("pml")
+    return [
+        row("SupConLoss fwd+bwd time, 512×128", ours_time * 1e3, pml_time * 1e3, "ms", "<= 1.0"),
+        row("SupConLoss fwd+bwd peak memory", ours_mem / 2**20, pml_mem / 2**20, "MiB", "<= 1.0"),
+    ]
+
+
+# ---------------------------------------------------------------- 2. optimizer step
+def make_step(model, optimizer, method, micro_batches, loss_fn):
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        method(model, micro_batches, loss_fn)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return step
+
+
+def bench_step(model_name: str, img_size: int, repeats: int) -> list[dict]:
+    torch.manual_seed(0)
+    model = EmbeddingModel(model_name, 128, img_size=img_size).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images, labels = torch.randn(128, 2, 3, img_size, img_size), torch.arange(128) % 32
+    micro = [(images[i : i + 16], labels[i : i + 16]) for i in range(0, 128, 16)]
+    loss_fn = SupConLoss(0.1)
+    cached = median_seconds(make_step(model, optimizer, grad_cache_backward, micro, loss_fn), repeats)
+    plain = median_seconds(make_step(model, optimizer, accumulated_backward, micro, loss_fn), repeats)
+    return [row(f"optimizer step 128 from 16 ({model_name} {img_size}px)", cached, plain, "s", "<= 1.6",
+                names=("grad cache", "plain accum."))]
+
+
+# ---------------------------------------------------------------- 3. input pipeline
+def bench_pipeline(model_name: str, img_size: int, num_workers: int, work_dir: Path) -> list[dict]:
+    data = work_dir / "garments"
+    generate_garment_dataset(data, 32, img_size, seed=0)  # 18 classes × 32 images
+    rows = []
+    for accumulation, method in (("plain", accumulated_backward), ("gradcache", grad_cache_backward)):
+        result = train_supcon(
+            str(data), batch_size=16, target_batch=64, epochs=2, warmup_epochs=0, save_dir=str(work_dir / accumulation),
+            model_name=model_name, emb_dim=128, img_size=img_size, val_split=0.1, num_workers=num_workers,
+            m_per_class=4, accumulation=accumulation, device="cpu", progress=False,
+        )
+        loader_rate = result["history"]["images_per_s"][-1]  # second epoch: workers and allocator warm
+        torch.manual_seed(0)
+        model = EmbeddingModel(model_name, 128, img_size=img_size).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        images, labels = torch.randn(64, 2, 3, img_size, img_size), torch.arange(64) % 16
+        micro = [(images[i : i + 16], labels[i : i + 16]) for i in range(0, 64, 16)]
+        bare_seconds = median_seconds(make_step(model, optimizer, method, micro, SupConLoss(0.1)), 5)
+        rows.append(row(f"train.py images/s ({accumulation}, {num_workers} worker(s))", loader_rate, 64 / bare_seconds,
+                        "img/s", ">= 0.8", names=("train.py", "in-memory loop")))
+    return rows
+
+
+# ---------------------------------------------------------------- 4. search
+def bench_search(repeats: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    gallery = F.normalize(torch.randn(10_000, 512, generator=generator), dim=1)
+    queries = F.normalize(torch.randn(1_000, 512, generator=generator), dim=1)
+    ours = median_seconds(lambda: top_k_search(queries, gallery, 5), repeats)
+    try:
+        import faiss
+    except ImportError:
+        baseline_name = "numpy matmul"
+        gallery_np, queries_np = gallery.numpy(), queries.numpy()
+
+        def baseline():
+            sims = queries_np @ gallery_np.T
+            return sims.argpartition(-5, axis=1)[:, -5:]
+    else:
+        baseline_name = "faiss IndexFlatIP"
+        index = faiss.IndexFlatIP(512)
+        index.add(gallery.numpy())
+        queries_np = queries.numpy()
+
+        def baseline():
+            return index.search(queries_np, 5)
+    base = median_seconds(baseline, repeats)
+    return [row("top-5 search 1k × 10k × 512", ours * 1e3, base * 1e3, "ms", "<= 2.0",
+                names=("top_k_search", baseline_name))]
+
+
+# ---------------------------------------------------------------- table
+def row(name, ours, baseline, unit, target, names=("ours", "pytorch-metric-learning")) -> dict:
+    ratio = ours / baseline if baseline else float("inf")
+    bound = float(target.split()[-1])
+    passed = ratio <= bound if target.startswith("<=") else ratio >= bound
+    return {"benchmark": name, "ours": ours, "baseline": baseline, "unit": unit, "ours_name": names[0],
+            "baseline_name": names[1], "ratio": ratio, "target": target, "pass": passed}
+
+
+def print_table(rows: Sequence[dict]) -> None:
+    print(f"\n{'benchmark':<48}{'ours':>12}{'baseline':>12}  {'unit':<6}{'ratio':>7}  {'target':<8}result  (ours vs baseline)")
+    for r in rows:
+        print(f"{r['benchmark']:<48}{r['ours']:>12.3f}{r['baseline']:>12.3f}  {r['unit']:<6}{r['ratio']:>7.2f}  "
+              f"{r['target']:<8}{'PASS' if r['pass'] else 'MISS'}    ({r['ours_name']} vs {r['baseline_name']})")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_name", default="mobilenetv3_small_100", help="timm model for the step/pipeline benchmarks")
+    p.add_argument("--img_size", type=int, default=64, help="image side length for the step/pipeline benchmarks")
+    p.add_argument("--num_workers", type=int, default=1, help="DataLoader workers for the train.py run")
+    p.add_argument("--threads", type=int, default=1, help="torch compute threads (same for ours and baselines)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--measure_loss_memory", choices=["ours", "pml"], help=argparse.SUPPRESS)  # subprocess mode
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.measure_loss_memory:
+        print(measure_loss_memory(args.measure_loss_memory))
+        return
+    rows = bench_loss(args.repeats * 4)
+    rows += bench_step(args.model_name, args.img_size, args.repeats)
+    with tempfile.TemporaryDirectory() as work_dir:
+        rows += bench_pipeline(args.model_name, args.img_size, args.num_workers, Path(work_dir))
+    rows += bench_search(args.repeats)
+    print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
