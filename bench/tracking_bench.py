@@ -4,11 +4,12 @@ Every tracker gets exactly the same detections: generated scenes (myutils.synthe
 degraded by the simulated detector (box jitter, random misses, occlusion runs, low-score
 occluded objects, lower-score false positives) at three difficulty levels. Appearance-based
 trackers get the same embeddings: SIMULATED ones (an identity vector plus noise that grows
-with occlusion; random vectors for false positives), not a trained encoder. Frames/s count the
-tracker's update calls only (no detector, no encoder, no evaluation).
+with occlusion; random vectors for false positives) and, with ``--encoder``, also those of a
+trained ROI encoder on the rendered frames (slow on CPU: one YOLOv7 backbone pass per frame).
+Frames/s count the tracker's update calls only (no detector, no encoder, no evaluation).
 
     python bench/tracking_bench.py                 # 3 difficulties x 3 seeds x 300 frames
-    python bench/tracking_bench.py --seeds 1 --num_frames 150
+    python bench/tracking_bench.py --seeds 1 --num_frames 150 --encoder demo_runs/roi/train/checkpoints/last.pth
 
 Targets (issue 6): with appearance, IDF1 and ID switches at least as good as the best baseline at
 every difficulty; motion-only MOTA within 0.02 of ByteTrack; association at least as fast as ByteTrack.
@@ -32,21 +33,40 @@ from myutils.synthetic_scenes import generate_scene  # noqa: E402
 from myutils.tracker import Tracker, TrackerConfig, results_to_mot_rows  # noqa: E402
 
 
-def frames_of(rows: np.ndarray, embeddings: np.ndarray, num_frames: int) -> list[tuple]:
-    """Per frame: xyxy boxes, scores, embeddings (prepared outside the timed loops)."""
+def frames_of(rows: np.ndarray, embeddings: dict[str, np.ndarray], num_frames: int) -> list[tuple]:
+    """Per frame: xyxy boxes, scores and ``{appearance kind: embeddings}`` (prepared outside the timed loops)."""
     frames = rows[:, 0].astype(int)
     return [
-        (tlwh_to_xyxy(rows[frames == f, 2:6]), rows[frames == f, 6], embeddings[frames == f])
+        (
+            tlwh_to_xyxy(rows[frames == f, 2:6]),
+            rows[frames == f, 6],
+            {kind: values[frames == f] for kind, values in embeddings.items()},
+        )
         for f in range(1, num_frames + 1)
     ]
 
 
-def run_ours(frames: list[tuple], use_appearance: bool) -> tuple[np.ndarray, float]:
+def encoder_embeddings(scene, rows: np.ndarray, appearance) -> np.ndarray:
+    """ROI-encoder embeddings of the detection ``rows`` on the scene's rendered frames (a backbone pass each)."""
+    from tqdm import tqdm
+
+    from myutils.synthetic_scenes import render_frame
+
+    embeddings = np.zeros((len(rows), appearance.dim))
+    frames = rows[:, 0].astype(int)
+    for frame in tqdm(range(1, scene.num_frames + 1), desc="ROI embeddings", unit="frame", leave=False):
+        index = np.nonzero(frames == frame)[0]
+        boxes = tlwh_to_xyxy(rows[index, 2:6])
+        embeddings[index] = appearance.embed_image(render_frame(scene, frame), boxes)
+    return embeddings
+
+
+def run_ours(frames: list[tuple], kind: str | None) -> tuple[np.ndarray, float]:
     tracker = Tracker(TrackerConfig())
     outputs, seconds = [], 0.0
     for boxes, scores, embeddings in frames:
         start = time.perf_counter()
-        objects = tracker.update(boxes, scores, embeddings if use_appearance else None)
+        objects = tracker.update(boxes, scores, None if kind is None else embeddings[kind])
         seconds += time.perf_counter() - start
         outputs.append(objects)
     rows = [results_to_mot_rows(frame, objects) for frame, objects in enumerate(outputs, start=1)]
@@ -78,7 +98,7 @@ def run_bytetrack(frames: list[tuple], activation_threshold: float) -> tuple[np.
 
 
 def run_deepsort(
-    frames: list[tuple], min_confidence: float, max_cosine_distance: float
+    frames: list[tuple], kind: str, min_confidence: float, max_cosine_distance: float
 ) -> tuple[np.ndarray, float]:
     from deep_sort_realtime.deepsort_tracker import DeepSort
 
@@ -93,7 +113,7 @@ def run_deepsort(
             for box, score in zip(xyxy_to_tlwh(boxes[keep]), scores[keep], strict=True)
         ]
         start = time.perf_counter()
-        tracks = tracker.update_tracks(detections, embeds=list(embeddings[keep]))
+        tracks = tracker.update_tracks(detections, embeds=list(embeddings[kind][keep]))
         seconds += time.perf_counter() - start
         for track in tracks:
             if track.is_confirmed() and track.time_since_update == 0:
@@ -104,82 +124,105 @@ def run_deepsort(
     return np.asarray(rows, dtype=np.float64).reshape(-1, 10), seconds
 
 
-TRACKERS = {
-    # name: (appearance used, runner)
-    "ours (motion only)": (False, lambda frames: run_ours(frames, use_appearance=False)),
-    "ours (appearance)": (True, lambda frames: run_ours(frames, use_appearance=True)),
-    "ByteTrack sv 0.30 (0.25)": (False, lambda frames: run_bytetrack(frames, activation_threshold=0.25)),
-    "ByteTrack sv 0.30 (0.5)": (False, lambda frames: run_bytetrack(frames, activation_threshold=0.5)),
-    "DeepSORT-rt (cos 0.2)": (True, lambda frames: run_deepsort(frames, 0.3, 0.2)),
-    "DeepSORT-rt (cos 0.35)": (True, lambda frames: run_deepsort(frames, 0.3, 0.35)),
-}
+def tracker_specs(kinds: list[str]) -> dict:
+    """``{name: (appearance kind or None, runner(frames))}``: motion-only trackers, then per appearance kind."""
+    specs = {
+        "ours": (None, lambda frames: run_ours(frames, None)),
+        "ByteTrack sv 0.30 (0.25)": (None, lambda frames: run_bytetrack(frames, activation_threshold=0.25)),
+        "ByteTrack sv 0.30 (0.5)": (None, lambda frames: run_bytetrack(frames, activation_threshold=0.5)),
+    }
+    for kind in kinds:
+        specs[f"ours [{kind}]"] = (kind, lambda frames, kind=kind: run_ours(frames, kind))
+        for gate in (0.2, 0.35):
+            specs[f"DeepSORT-rt cos {gate} [{kind}]"] = (
+                kind,
+                lambda frames, kind=kind, gate=gate: run_deepsort(frames, kind, 0.3, gate),
+            )
+    return specs
 
 
-def benchmark(difficulties: list[str], seeds: int, num_frames: int, num_objects: int) -> dict:
-    """``{difficulty: {tracker: (combined MOTSummary, frames/s)}}``."""
+def benchmark(
+    difficulties: list[str], seeds: int, num_frames: int, num_objects: int, appearance=None
+) -> tuple[dict, dict]:
+    """``{difficulty: {tracker: (combined MOTSummary, frames/s)}}`` and the tracker specs.
+
+    With ``appearance`` (a :class:`myutils.roi_appearance.ROIAppearance`) the trackers also run on
+    ROI-encoder embeddings of the rendered frames, next to the simulated ones.
+    """
+    specs = tracker_specs(["simulated"] + (["ROI encoder"] if appearance is not None else []))
     table = {}
     for difficulty in difficulties:
-        summaries: dict[str, list[MOTSummary]] = {name: [] for name in TRACKERS}
-        seconds = dict.fromkeys(TRACKERS, 0.0)
+        summaries: dict[str, list[MOTSummary]] = {name: [] for name in specs}
+        seconds = dict.fromkeys(specs, 0.0)
         for seed in range(seeds):
             scene = generate_scene(
                 num_frames=num_frames, num_objects=num_objects, seed=seed, difficulty=difficulty
             )
             detections = simulate_detections(scene.ground_truth, scene.width, scene.height, difficulty, seed)
-            embeddings = simulate_embeddings(detections, difficulty, seed=seed)
+            embeddings = {"simulated": simulate_embeddings(detections, difficulty, seed=seed)}
+            if appearance is not None:
+                embeddings["ROI encoder"] = encoder_embeddings(scene, detections.rows, appearance)
             frames = frames_of(detections.rows, embeddings, num_frames)
-            for name, (_, runner) in TRACKERS.items():
+            for name, (_, runner) in specs.items():
                 rows, elapsed = runner(frames)
                 summaries[name].append(evaluate_mot(scene.ground_truth, rows))
                 seconds[name] += elapsed
         table[difficulty] = {
-            name: (combine_summaries(summaries[name]), seeds * num_frames / seconds[name])
-            for name in TRACKERS
+            name: (combine_summaries(summaries[name]), seeds * num_frames / seconds[name]) for name in specs
         }
-    return table
+    return table, specs
 
 
-def print_table(table: dict) -> None:
+def print_table(table: dict, specs: dict) -> None:
     print(
-        "| difficulty | tracker | appearance | MOTA | IDF1 | IDSW | FP | FN | assoc. frames/s | vs ByteTrack (0.25) |"
+        "| difficulty | tracker | appearance | MOTA | IDF1 | IDSW | FP | FN | assoc. frames/s | vs ByteTrack 0.25 |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for difficulty, rows in table.items():
         reference_fps = rows["ByteTrack sv 0.30 (0.25)"][1]
         for name, (summary, fps) in rows.items():
-            appearance = "simulated" if TRACKERS[name][0] else "none"
             print(
-                f"| {difficulty} | {name} | {appearance} | {summary.mota:.3f} | {summary.idf1:.3f} | "
+                f"| {difficulty} | {name} | {specs[name][0] or 'none'} | {summary.mota:.3f} | {summary.idf1:.3f} | "
                 f"{summary.num_switches} | {summary.num_false_positives} | {summary.num_misses} | {fps:.0f} | "
                 f"{fps / reference_fps:.2f}x |"
             )
 
 
-def check_targets(table: dict) -> list[str]:
-    """One line per target and difficulty: PASS or FAIL with the numbers."""
+def check_targets(table: dict, specs: dict) -> list[str]:
+    """PASS or FAIL with the numbers, per difficulty: the issue's targets for each appearance kind."""
     lines = []
+    kinds = sorted({kind for kind, _ in specs.values() if kind})
     for difficulty, rows in table.items():
-        ours, ours_motion = rows["ours (appearance)"][0], rows["ours (motion only)"][0]
-        baselines = [name for name in rows if not name.startswith("ours")]
-        best_idf1 = max(rows[name][0].idf1 for name in baselines)
-        fewest_switches = min(rows[name][0].num_switches for name in baselines)
-        best_byte_mota = max(rows[name][0].mota for name in baselines if name.startswith("ByteTrack"))
-        fastest_byte = max(rows[name][1] for name in baselines if name.startswith("ByteTrack"))
-        checks = [
-            (f"IDF1 {ours.idf1:.3f} >= best baseline {best_idf1:.3f}", ours.idf1 >= best_idf1),
+        bytetracks = [name for name in rows if name.startswith("ByteTrack")]
+        checks = []
+        for kind in kinds:
+            ours = rows[f"ours [{kind}]"][0]
+            baselines = bytetracks + [
+                name for name in rows if name.startswith("DeepSORT") and specs[name][0] == kind
+            ]
+            best_idf1 = max(rows[name][0].idf1 for name in baselines)
+            fewest = min(rows[name][0].num_switches for name in baselines)
+            checks.append(
+                (f"[{kind}] IDF1 {ours.idf1:.3f} >= best baseline {best_idf1:.3f}", ours.idf1 >= best_idf1)
+            )
+            checks.append(
+                (
+                    f"[{kind}] IDSW {ours.num_switches} <= fewest baseline {fewest}",
+                    ours.num_switches <= fewest,
+                )
+            )
+        motion, motion_fps = rows["ours"]
+        best_mota = max(rows[name][0].mota for name in bytetracks)
+        fastest = max(rows[name][1] for name in bytetracks)
+        checks.append(
             (
-                f"IDSW {ours.num_switches} <= fewest baseline {fewest_switches}",
-                ours.num_switches <= fewest_switches,
-            ),
-            (
-                f"motion-only MOTA {ours_motion.mota:.3f} >= ByteTrack {best_byte_mota:.3f} - 0.02",
-                ours_motion.mota >= best_byte_mota - 0.02,
-            ),
-            (
-                f"motion-only frames/s {rows['ours (motion only)'][1]:.0f} >= ByteTrack {fastest_byte:.0f}",
-                rows["ours (motion only)"][1] >= fastest_byte,
-            ),
-        ]
+                f"motion-only MOTA {motion.mota:.3f} >= ByteTrack {best_mota:.3f} - 0.02",
+                motion.mota >= best_mota - 0.02,
+            )
+        )
+        checks.append(
+            (f"motion-only frames/s {motion_fps:.0f} >= ByteTrack {fastest:.0f}", motion_fps >= fastest)
+        )
         lines += [f"{'PASS' if ok else 'FAIL'} [{difficulty}] {text}" for text, ok in checks]
     return lines
 
@@ -198,10 +241,28 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="scenes per difficulty (seeds 0..N-1)")
     parser.add_argument("--num_frames", type=int, default=300, help="frames per scene")
     parser.add_argument("--num_objects", type=int, default=10, help="identities per scene")
+    parser.add_argument(
+        "--encoder",
+        help="also track with this ROI encoder's embeddings (a checkpoint written by main_train.py)",
+    )
+    parser.add_argument(
+        "--yolo_weights", help="YOLOv7 weights the encoder was trained on (default: random, seed 0)"
+    )
+    parser.add_argument(
+        "--img_size", type=int, default=320, help="YOLOv7 input size for the encoder's features"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
     args = parser.parse_args()
-    table = benchmark(args.difficulties, args.seeds, args.num_frames, args.num_objects)
-    print_table(table)
-    print("\n".join(check_targets(table)))
+    appearance = None
+    if args.encoder:
+        from myutils.detector import YOLOv7Detector
+        from myutils.roi_appearance import ROIAppearance
+
+        detector = YOLOv7Detector(args.yolo_weights, img_size=args.img_size, device=args.device)
+        appearance = ROIAppearance(args.encoder, detector)
+    table, specs = benchmark(args.difficulties, args.seeds, args.num_frames, args.num_objects, appearance)
+    print_table(table, specs)
+    print("\n".join(check_targets(table, specs)))
 
 
 if __name__ == "__main__":
