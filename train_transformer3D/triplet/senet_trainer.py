@@ -303,6 +303,7 @@ def train(args: Namespace) -> dict:
         state = _restore(args.resume, model, optimizer, scheduler, scaler, args, device)
         start_epoch, best, history, identity_dims = state["epoch"], state["best"], state["history"], state["identity_dims"]
         objective.identity_dims = torch.as_tensor(identity_dims, dtype=torch.long, device=device)
+        print(f"Identity dimensions (from the checkpoint): {identity_dims}")
     split_names = {name: [folder.person_names[p] for p in persons] for name, persons in splits.items()}
     save_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic({"identity_dims": identity_dims}, save_dir / "identity_dims.json")
