@@ -254,6 +254,62 @@ def _print_epoch(epoch: int, args: Namespace, train_terms: dict, val_terms: dict
     )
 
 
+def epoch_record(train_terms: dict, val_terms: dict, ident: dict, alpha: float, lr: float) -> dict:
+    """One epoch's values under their history keys (also the ``Epoch/<key>`` TensorBoard tags)."""
+    return {
+        "TrainLoss": train_terms["total"], "TrainTripletLoss": train_terms["triplet"],
+        "TrainIdentityLoss": train_terms["identity"], "TrainTargetLoss": train_terms["target"],
+        "ValLoss": val_terms["total"], "ValTripletLoss": val_terms["triplet"],
+        "ValIdentityLoss": val_terms["identity"], "ValTargetLoss": val_terms["target"],
+        "ValCosineSim": ident["cosine"], "ValCosineSimRaw": ident["cosine_raw"],
+        "ValRank1": ident["rank1"], "ValRank1Raw": ident["rank1_raw"],
+        "ValRank1Profile": ident["rank1_profile"], "ValRank1ProfileRaw": ident["rank1_profile_raw"],
+        "FusionAlpha": alpha, "LearningRate": lr, "TrainSamplesPerSec": train_terms["samples_per_sec"],
+    }
+
+
+def load_splits(args: Namespace) -> tuple[dict[str, list[int]], dict[str, FacePairDataset]]:
+    """Person indices and pair datasets of the train / val / test split of ``--data_dir`` (printed)."""
+    folder = load_face_feature_folder(args.data_dir)
+    if folder.feature_dim != args.image_dim or folder.pose_dim != args.pose_dim:
+        raise ValueError(
+            f"{args.data_dir} holds {folder.feature_dim}-d features and {folder.pose_dim}-d poses; "
+            f"pass --image_dim {folder.feature_dim} --pose_dim {folder.pose_dim}"
+        )
+    parts = split_persons(len(folder.person_names), seed=args.split_seed)
+    splits = dict(zip(["train", "val", "test"], parts, strict=True))
+    datasets = {name: FacePairDataset(folder, persons) for name, persons in splits.items()}
+    for name, dataset in datasets.items():
+        print(f"{name.capitalize()}: {len(dataset)} samples ({len(dataset.persons)} persons, "
+              f"{len(dataset.video_indices)} video frames, {len(dataset.front_indices)} frontal)")
+    return splits, datasets
+
+
+def build_model(args: Namespace, device: torch.device) -> SENetTripletNetwork:
+    model = SENetTripletNetwork(**model_config(args)).to(device)
+    print(f"Total parameters: {sum(p.numel() for p in model.parameters()):,}")
+    print(f"Trainable parameters: {sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
+    print(f"Initial fusion weight: {model.get_fusion_alpha():.4f}")
+    return model
+
+
+def evaluate_test_split(model, save_dir: Path, dataset: FacePairDataset, best: dict, device, use_amp: bool) -> dict:
+    """Identification on the test persons with ``best_model.pth`` (printed)."""
+    best_path = save_dir / "best_model.pth"
+    # a run resumed into a new --save_dir has no best_model.pth until it beats the resumed best
+    if best_path.is_file():
+        model, name = load_trained_model(best_path, device), f"best model (epoch {best['epoch']})"
+    else:
+        name = "final model"
+    test = identification(model, dataset, device, use_amp)
+    print(
+        f"\nTest split, {name}: rank-1 {test['rank1']:.4f} (raw {test['rank1_raw']:.4f}), "
+        f"profile rank-1 {test['rank1_profile']:.4f} (raw {test['rank1_profile_raw']:.4f}), "
+        f"cosine to frontal {test['cosine']:.4f} (raw {test['cosine_raw']:.4f})"
+    )
+    return test
+
+
 def train(args: Namespace) -> dict:
     """Train, validate and save as ``train_senet_triplet.py`` does; returns a summary of the run."""
     if args.gradient_accumulation_steps < 1 or args.save_interval < 1 or args.epochs < 1:
@@ -261,30 +317,16 @@ def train(args: Namespace) -> dict:
     device = resolve_device(args.device)
     print(f"Device: {device}")
     seed_everything(args.seed)
-    save_dir, log_dir = Path(args.save_dir), Path(args.log_dir)
+    save_dir = Path(args.save_dir)
 
     print("Loading data...")
-    folder = load_face_feature_folder(args.data_dir)
-    if folder.feature_dim != args.image_dim or folder.pose_dim != args.pose_dim:
-        raise ValueError(
-            f"{args.data_dir} holds {folder.feature_dim}-d features and {folder.pose_dim}-d poses; "
-            f"pass --image_dim {folder.feature_dim} --pose_dim {folder.pose_dim}"
-        )
-    splits = dict(zip(["train", "val", "test"], split_persons(len(folder.person_names), seed=args.split_seed), strict=True))
-    datasets = {name: FacePairDataset(folder, persons) for name, persons in splits.items()}
-    for name, dataset in datasets.items():
-        print(f"{name.capitalize()}: {len(dataset)} samples ({len(dataset.persons)} persons, "
-              f"{len(dataset.video_indices)} video frames, {len(dataset.front_indices)} frontal)")
+    splits, datasets = load_splits(args)
     identity_dims = resolve_identity_dims(args, datasets["train"])
     train_loader = make_loader(datasets["train"], args, seed=args.seed)
     val_loader = make_loader(datasets["val"], args, seed=args.seed + 1)
 
     print("Creating model...")
-    model = SENetTripletNetwork(**model_config(args)).to(device)
-    num_params = sum(p.numel() for p in model.parameters())
-    print(f"Total parameters: {num_params:,}")
-    print(f"Trainable parameters: {sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
-    print(f"Initial fusion weight: {model.get_fusion_alpha():.4f}")
+    model = build_model(args, device)
     objective = SENetObjective(
         identity_dims, args.identity_preserve_weight, args.target_weight, args.target_loss,
         args.margin, args.alpha, args.beta, args.angle_threshold,
@@ -294,8 +336,7 @@ def train(args: Namespace) -> dict:
     scheduler = warmup_cosine_scheduler(optimizer, 0, args.epochs * steps_per_epoch, MIN_LR_FACTOR)
     scaler = make_grad_scaler(device, args.use_amp)
     if args.use_amp:
-        dtype = autocast_dtype(device)
-        print(f"Mixed precision: {str(dtype).removeprefix('torch.')} autocast on {device.type}"
+        print(f"Mixed precision: {str(autocast_dtype(device)).removeprefix('torch.')} autocast on {device.type}"
               + (" with gradient scaling" if scaler.is_enabled() else ""))
 
     start_epoch, best, history = 0, {"rank1": -1.0, "cosine": -math.inf, "epoch": 0}, None
@@ -304,59 +345,40 @@ def train(args: Namespace) -> dict:
         start_epoch, best, history, identity_dims = state["epoch"], state["best"], state["history"], state["identity_dims"]
         objective.identity_dims = torch.as_tensor(identity_dims, dtype=torch.long, device=device)
         print(f"Identity dimensions (from the checkpoint): {identity_dims}")
+    folder = datasets["train"].folder
     split_names = {name: [folder.person_names[p] for p in persons] for name, persons in splits.items()}
     save_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic({"identity_dims": identity_dims}, save_dir / "identity_dims.json")
-    log = TrainingLog(log_dir, save_dir / "training_history.json", history)
+    log = TrainingLog(args.log_dir, save_dir / "training_history.json", history)
     log.writer.add_text("IdentityDims", str(identity_dims), start_epoch)
 
-    def state_at(epoch: int) -> dict:
-        return checkpoint_state(model, optimizer, scheduler, scaler, epoch, best, log, args, identity_dims, split_names)
+    def save(epoch: int, name: str) -> Path:
+        state = checkpoint_state(model, optimizer, scheduler, scaler, epoch, best, log, args, identity_dims, split_names)
+        return save_checkpoint(state, save_dir / name)
 
     print("Starting training...")
     print("=" * 70)
     try:
-        for epoch in range(start_epoch, args.epochs):
-            train_terms = train_one_epoch(model, train_loader, objective, optimizer, scheduler, scaler, args, epoch, log, device)
+        for epoch in range(start_epoch + 1, args.epochs + 1):
+            train_terms = train_one_epoch(model, train_loader, objective, optimizer, scheduler, scaler, args, epoch - 1, log, device)
             val_terms = validation_losses(model, val_loader, objective, args, device)
             ident = identification(model, datasets["val"], device, args.use_amp)
             alpha = model.get_fusion_alpha()
-            _print_epoch(epoch + 1, args, train_terms, val_terms, ident, alpha)
-            log.log_epoch(epoch + 1, {
-                "TrainLoss": train_terms["total"], "TrainTripletLoss": train_terms["triplet"],
-                "TrainIdentityLoss": train_terms["identity"], "TrainTargetLoss": train_terms["target"],
-                "ValLoss": val_terms["total"], "ValTripletLoss": val_terms["triplet"],
-                "ValIdentityLoss": val_terms["identity"], "ValTargetLoss": val_terms["target"],
-                "ValCosineSim": ident["cosine"], "ValCosineSimRaw": ident["cosine_raw"],
-                "ValRank1": ident["rank1"], "ValRank1Raw": ident["rank1_raw"],
-                "ValRank1Profile": ident["rank1_profile"], "ValRank1ProfileRaw": ident["rank1_profile_raw"],
-                "FusionAlpha": alpha, "LearningRate": optimizer.param_groups[0]["lr"],
-                "TrainSamplesPerSec": train_terms["samples_per_sec"],
-            })
+            _print_epoch(epoch, args, train_terms, val_terms, ident, alpha)
+            log.log_epoch(epoch, epoch_record(train_terms, val_terms, ident, alpha, optimizer.param_groups[0]["lr"]))
             if (ident["rank1"], ident["cosine"]) > (best["rank1"], best["cosine"]):
-                best = {"rank1": ident["rank1"], "cosine": ident["cosine"], "epoch": epoch + 1}
-                save_checkpoint(state_at(epoch + 1), save_dir / "best_model.pth")
-                print(f"  ✓ saved best model: {save_dir / 'best_model.pth'}")
-            if (epoch + 1) % args.save_interval == 0:
-                save_checkpoint(state_at(epoch + 1), save_dir / f"checkpoint_epoch_{epoch + 1}.pth")
-                plot_curves(log.history, CURVE_PANELS, save_dir / f"training_curves_epoch_{epoch + 1}.png",
+                best = {"rank1": ident["rank1"], "cosine": ident["cosine"], "epoch": epoch}
+                print(f"  ✓ saved best model: {save(epoch, 'best_model.pth')}")
+            if epoch % args.save_interval == 0:
+                plot_curves(log.history, CURVE_PANELS, save_dir / f"training_curves_epoch_{epoch}.png",
                             title="SENet triplet training")
-                print(f"  ✓ saved checkpoint: {save_dir / f'checkpoint_epoch_{epoch + 1}.pth'}")
-        save_checkpoint(state_at(args.epochs), save_dir / "final_model.pth")
+                print(f"  ✓ saved checkpoint: {save(epoch, f'checkpoint_epoch_{epoch}.pth')}")
+        final_path = save(args.epochs, "final_model.pth")
         plot_curves(log.history, CURVE_PANELS, save_dir / "final_training_curves.png", title="SENet triplet training")
     finally:
         log.close()
-    print(f"\n✓ saved final model: {save_dir / 'final_model.pth'}")
+    print(f"\n✓ saved final model: {final_path}")
     print(f"✓ saved training history: {save_dir / 'training_history.json'}")
-
-    best_path = save_dir / "best_model.pth"
-    # a run resumed into a new --save_dir has no best_model.pth until it beats the resumed best
-    best_model = load_trained_model(best_path, device) if best_path.is_file() else model.eval()
-    test = identification(best_model, datasets["test"], device, args.use_amp)
-    print(
-        f"\nTest split, {'best model (epoch ' + str(best['epoch']) + ')' if best_path.is_file() else 'final model'}: rank-1 {test['rank1']:.4f} (raw {test['rank1_raw']:.4f}), "
-        f"profile rank-1 {test['rank1_profile']:.4f} (raw {test['rank1_profile_raw']:.4f}), "
-        f"cosine to frontal {test['cosine']:.4f} (raw {test['cosine_raw']:.4f})"
-    )
+    test = evaluate_test_split(model, save_dir, datasets["test"], best, device, args.use_amp)
     print("Training complete.")
-    return {"best": best, "test": test, "identity_dims": identity_dims, "history": log.history, "num_params": num_params}
+    return {"best": best, "test": test, "identity_dims": identity_dims, "history": log.history}
