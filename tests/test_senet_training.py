@@ -98,6 +98,14 @@ def test_resume_continues_from_the_saved_epoch(two_epoch_run, data_dir, tmp_path
         assert torch.allclose(tensor.float(), again[name].float(), atol=1e-6), name
 
 
+def test_resume_with_a_new_learning_rate_and_more_epochs(two_epoch_run, data_dir, tmp_path, capsys):
+    run_dir, _ = two_epoch_run
+    resumed = _run(data_dir, tmp_path, epochs=3, lr=2e-4, resume=str(run_dir / "ckpt/checkpoint_epoch_2.pth"))
+    assert "Learning rate changed on resume: 0.001 → 0.0002" in capsys.readouterr().out
+    assert resumed["history"]["epoch"] == [1, 2, 3]
+    assert resumed["history"]["LearningRate"][-1] == pytest.approx(2e-4 * 0.01)  # cosine ends at 1 % of the new lr
+
+
 def test_resume_refuses_a_different_model(two_epoch_run, data_dir, tmp_path):
     run_dir, _ = two_epoch_run
     with pytest.raises(ValueError, match="hidden_dim"):

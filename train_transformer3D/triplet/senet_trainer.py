@@ -232,8 +232,8 @@ def _restore(path, model, optimizer, scheduler, scaler, args, device) -> dict:
     if state["args"]["lr"] != args.lr:  # the seed's fine-tuning recipe resumes with a new --lr
         print(f"Learning rate changed on resume: {state['args']['lr']} → {args.lr}")
         scheduler.base_lrs = [args.lr for _ in optimizer.param_groups]
-        for group in optimizer.param_groups:
-            group["initial_lr"] = args.lr
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"], group["lr"] = args.lr, args.lr * factor(scheduler.last_epoch)
     restore_rng_state(state["rng_state"])
     print(f"Resumed from {path}: continuing after epoch {state['epoch']}")
     return state
