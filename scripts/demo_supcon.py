@@ -37,8 +37,8 @@ def save_untrained(path: Path, model_name: str, emb_dim: int, img_size: int, see
     return save_checkpoint({"model": model.state_dict(), "model_config": model.config}, path)
 
 
-def run_demo(out: str, model_name: str = "test_efficientnet", epochs: int = 12, images_per_class: int = 40,
-             queries_per_class: int = 10, img_size: int = 64, threads: int = 1, num_workers: int = 1,
+def run_demo(out: str, model_name: str = "test_efficientnet", epochs: int = 30, images_per_class: int = 80,
+             queries_per_class: int = 20, img_size: int = 32, threads: int = 1, num_workers: int = 1,
              seed: int = 0) -> dict:
     """Generate data, evaluate untrained, train, evaluate trained; returns both metric dicts."""
     torch.set_num_threads(threads)
@@ -54,9 +54,9 @@ def run_demo(out: str, model_name: str = "test_efficientnet", epochs: int = 12, 
     untrained = evaluate_retrieval(untrained_path, train_root, query_root, num_workers=num_workers)
     start = time.perf_counter()
     result = train_supcon(
-        str(train_root), batch_size=32, target_batch=128, epochs=epochs, warmup_epochs=1, lr=2e-3,
+        str(train_root), batch_size=32, target_batch=64, epochs=epochs, warmup_epochs=2, lr=2e-3,
         save_dir=str(checkpoints), model_name=model_name, temperature=0.1, emb_dim=emb_dim, img_size=img_size,
-        val_split=0.15, num_workers=num_workers, seed=seed, m_per_class=8, weight_decay=1e-4, device="cpu",
+        val_split=0.15, num_workers=num_workers, seed=seed, m_per_class=4, weight_decay=1e-4, device="cpu",
     )
     train_seconds = time.perf_counter() - start
     trained = evaluate_retrieval(result["best_path"], train_root, query_root, num_workers=num_workers)
@@ -79,10 +79,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="demo_runs/supcon", help="output folder (data, checkpoints, results.json)")
     p.add_argument("--model_name", default="test_efficientnet", help="timm model to train from scratch")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs")
-    p.add_argument("--images_per_class", type=int, default=40, help="generated training/gallery images per class")
-    p.add_argument("--queries_per_class", type=int, default=10, help="generated held-out query images per class")
-    p.add_argument("--img_size", type=int, default=64, help="image side length")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs")
+    p.add_argument("--images_per_class", type=int, default=80, help="generated training/gallery images per class")
+    p.add_argument("--queries_per_class", type=int, default=20, help="generated held-out query images per class")
+    p.add_argument("--img_size", type=int, default=32, help="image side length")
     p.add_argument("--threads", type=int, default=1,
                    help="torch compute threads (1 leaves the second core of a 2-core machine to the data loader)")
     p.add_argument("--num_workers", type=int, default=1, help="DataLoader worker processes")
