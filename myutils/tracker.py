@@ -65,6 +65,9 @@ class TrackerConfig:
         0.7, "weight of the appearance distance in the fused round-1 cost (rest: 1 - IoU)"
     )
     max_appearance_distance: float = _param(0.45, "round 1: largest cosine distance for a match")
+    motion_override_iou: float = _param(
+        0.5, "round 1 with appearance: from this IoU on, a pair may match even beyond max_appearance_distance"
+    )
     reid_max_distance: float = _param(
         0.3, "round 4: largest cosine distance to re-identify a lost track by appearance alone"
     )
@@ -245,8 +248,12 @@ class Tracker:
                 embeddings[det_indices],
                 self.config.bank_top_k,
             )
-            cost = fuse_costs(appearance, motion, self.config.appearance_weight)
-            cost[gated | (appearance > self.config.max_appearance_distance)] = np.inf
+            cost = fuse_costs(np.minimum(appearance, 1.0), motion, self.config.appearance_weight)
+            # a clear overlap may match whatever the look: weak embeddings must not break tracks
+            vetoed = (appearance > self.config.max_appearance_distance) & (
+                motion > 1.0 - self.config.motion_override_iou
+            )
+            cost[gated | vetoed] = np.inf
         return self._assign(cost, track_indices, det_indices)
 
     def _match_iou(self, track_indices, det_indices, boxes, min_iou):
