@@ -140,3 +140,13 @@ def test_bad_inputs_raise_clear_errors():
         TrackerConfig(low_score=0.7, high_score=0.5)
     with pytest.raises(ValueError, match="embeddings"):
         track_detections(np.array([[1, -1, 0, 0, 10, 10, 0.9, -1, -1, -1]]), embeddings=np.zeros((2, 4)))
+
+
+def test_uninformative_embeddings_do_not_break_a_clearly_overlapping_track():
+    rng = np.random.default_rng(0)
+    rows = np.array([[f, -1, 100 + 3 * f, 150, 40, 80, 0.9, -1, -1, -1] for f in range(1, 31)], dtype=float)
+    random_looks = rng.normal(size=(30, 32))  # every frame looks unrelated to the previous one
+    kept = track_detections(rows, TrackerConfig(), random_looks)
+    assert set(kept[:, 1]) == {1} and len(kept) == 29  # one identity, reported from its second hit on
+    vetoing = track_detections(rows, TrackerConfig(motion_override_iou=1.01), random_looks)
+    assert len(set(vetoing[:, 1])) >= 10  # a hard appearance gate breaks the track again and again
