@@ -17,7 +17,7 @@ from myutils.image_io import read_image_rgb
 from myutils.roi_encoder import load_roi_encoder
 from myutils.roi_features import roi_align_features
 from myutils.roi_shards import RoiFeatureDataset, RoiShardWriter
-from myutils.synthetic_scenes import generate_scene, write_mot_sequence
+from myutils.synthetic_scenes import generate_scene, write_mot_sequence, write_validation_pairs
 from scripts.extract_roi_features import extract_roi_features, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,3 +112,36 @@ def test_torchrun_two_ranks_see_disjoint_parts_covering_the_set(shards, tmp_path
     assert checkpoint["epoch"] == 1 and "2 process(es)" in run.stdout
     encoder = load_roi_encoder(output / "checkpoints" / "last.pth")
     assert encoder(torch.randn(3, 512, 10, 10)).shape == (3, 128)
+
+
+def test_extraction_with_detector_boxes_and_json_labels(tmp_path):
+    scene = generate_scene(num_frames=12, num_objects=4, width=256, height=160, seed=6)
+    pairs = write_validation_pairs(scene, tmp_path / "val", num_pairs=2, frame_gap=4, min_visibility=0.0)
+    images = pairs / "now" / "pic"
+    with pytest.warns(UserWarning):
+        json_summary = extract_roi_features(parse_args([
+            "--source", str(images), "--boxes", "json", "--label_dir", str(pairs / "now" / "lable"),
+            "--img_size", "128", "--output", str(tmp_path / "from_json")]))
+    labels = [json.loads((pairs / "now" / "lable" / f"{k}.json").read_text())["annotations"] for k in range(2)]
+    dataset = RoiFeatureDataset(tmp_path / "from_json")
+    assert json_summary["rois"] == len(dataset) == sum(map(len, labels))
+    assert dataset.identities.tolist() == [a["id"] for frame in labels for a in frame]
+    with pytest.warns(UserWarning):
+        detector_summary = extract_roi_features(parse_args([
+            "--source", str(images), "--boxes", "detector", "--conf_threshold", "0.05", "--img_size", "128",
+            "--output", str(tmp_path / "from_detector")]))
+    with pytest.warns(UserWarning):
+        detector = YOLOv7Detector(None, img_size=128, conf_threshold=0.05, seed=0)
+    detections = [detector(read_image_rgb(images / f"{k}.jpg")) for k in range(2)]
+    assert detector_summary["rois"] == sum(len(d.boxes) for d in detections)
+    if detector_summary["rois"]:
+        stored = RoiFeatureDataset(tmp_path / "from_detector")
+        assert (stored.scores >= 0.05).all() and (stored.identities == -1).all()
+        torch.testing.assert_close(stored.scores, torch.cat([d.scores for d in detections]))
+
+
+def test_bf16_autocast_training_step(shards, tmp_path):
+    history = main_train.train(main_train.parse_args(_args(shards, tmp_path / "bf16", "--epochs", "1", "--amp", "bf16")))
+    assert np.isfinite(history["loss"][0]) and history["samples_per_s"][0] > 0
+    state = load_checkpoint(tmp_path / "bf16" / "checkpoints" / "last.pth")
+    assert all(value.dtype != torch.bfloat16 for value in state["encoder"].values())  # weights stay fp32
