@@ -10,7 +10,7 @@ One frame runs these association rounds (each a gated Hungarian matching):
 1. confirmed tracks (tracked or lost) × high-score detections: motion cost ``1 − IoU`` with the
    Kalman prediction, fused with the appearance distance when embeddings are given; pairs
    outside the Mahalanobis gate, below ``min_iou`` (motion only) or beyond
-   ``max_appearance_distance`` are forbidden;
+   ``max_appearance_distance`` (unless they overlap by ``motion_override_iou``) are forbidden;
 2. confirmed tracks still unmatched that were tracked in the previous frame × low-score
    detections, by IoU alone (ByteTrack: occluded objects score low but keep their track);
 3. tentative tracks × remaining high-score detections, by IoU;
@@ -45,7 +45,9 @@ class TrackerConfig:
 
     The defaults were chosen on generated scenes (seeds 0-4 of bench/tracking_bench.py's set-up) and
     checked on unseen seeds 10-14: a wide motion gate, because the DeepSORT noise model is tight for
-    objects that turn, and appearance thresholds that tolerate partly hidden views.
+    objects that turn, and appearance thresholds that tolerate partly hidden views. A low
+    appearance weight plus ``motion_override_iou`` keep weak embeddings (e.g. a briefly trained ROI
+    encoder) from breaking tracks or misranking neighbours; good embeddings still win through the gates.
     """
 
     high_score: float = _param(0.5, "detections scoring at least this take part in round 1")
@@ -62,7 +64,7 @@ class TrackerConfig:
     min_iou_low: float = _param(0.5, "round 2 (low-score detections): least IoU with the predicted box")
     min_iou_tentative: float = _param(0.3, "round 3 (tentative tracks): least IoU with the predicted box")
     appearance_weight: float = _param(
-        0.7, "weight of the appearance distance in the fused round-1 cost (rest: 1 - IoU)"
+        0.3, "weight of the appearance distance in the fused round-1 cost (rest: 1 - IoU)"
     )
     max_appearance_distance: float = _param(0.45, "round 1: largest cosine distance for a match")
     motion_override_iou: float = _param(
@@ -144,7 +146,6 @@ class Tracker:
         self.kalman = KalmanBoxFilter()
         self.gate = chi2_gate(self.config.gate_probability, dof=2)
         self.tracks: list[Track] = []
-        self.frame_count = 0
         self._next_id = 1
 
     def update(
@@ -153,7 +154,6 @@ class Tracker:
         """Advance one frame (see the module docstring for the contract and the rounds)."""
         boxes, scores, embeddings = self._check_inputs(boxes_xyxy, scores, embeddings)
         cfg = self.config
-        self.frame_count += 1
         self._predict()
 
         keep = scores >= cfg.low_score
@@ -175,7 +175,7 @@ class Tracker:
         matches += pairs
         extended = {track_index for track_index, _ in pairs}
         # round 3: tentative tracks x remaining high-score detections, IoU only
-        pairs, tentative_left, high_left = self._match_iou(tentative, high_left, boxes, cfg.min_iou_tentative)
+        pairs, _, high_left = self._match_iou(tentative, high_left, boxes, cfg.min_iou_tentative)
         matches += pairs
         # round 4: lost tracks x remaining high-score detections, appearance only
         if embeddings is not None:
