@@ -1,10 +1,11 @@
 """Train the ROI appearance encoder on extracted ROI features, without identity labels.
 
-    torchrun --nproc_per_node=2 main_train.py --data demo_runs/roi/features/SYN-01   # DDP (NCCL / gloo)
-    python main_train.py --data FEATURES_DIR                                        # one process
+    torchrun --nproc_per_node=2 main_train.py --data demo_runs/roi/features   # DDP (NCCL / gloo)
+    python main_train.py --data FEATURES_DIR                                 # one process
 
-One ``DistributedSampler`` over the whole data set gives each rank a disjoint part (every ROI
-once per epoch; the original also sharded per rank, so each rank saw only half its shard).
+One ``DistributedSampler`` over the whole data set gives each rank a disjoint part: every ROI
+once per epoch (plus at most world_size - 1 repeats when the count does not divide evenly).
+The original also sharded the data per rank, so each rank saw only half of its shard.
 AdamW, linear warm-up then cosine, bf16 autocast where supported, gradient clipping, a
 checkpoint every ``--save_interval`` epochs plus ``last.pth`` (all loadable with
 ``torch.load(weights_only=True)``), ``--resume``, TensorBoard, ``history.json`` and a
@@ -140,7 +141,7 @@ def checkpoint_state(encoder, optimizer, scheduler, scaler, epoch, args, history
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "args": {key: value for key, value in vars(args).items()},
+        "args": dict(vars(args)),
         "history": history,
         "rng": capture_rng_state(),
     }
