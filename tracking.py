@@ -243,10 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="local YOLOv7 checkpoint (official yolov7.pt or a state dict); "
         "none: a random network (only meaningful for tests)",
     )
-    detector.add_argument("--conf", type=float, default=0.25, help="detection confidence threshold")
-    detector.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     detector.add_argument(
-        "--img_size", type=int, default=640, help="letterboxed square input size (multiple of 32)"
+        "--conf",
+        type=float,
+        default=0.25,
+        help="detection confidence threshold (default 0.25; at or below --low_score, occluded objects "
+        "reach the tracker's low-score round)",
+    )
+    detector.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    detector.add_argument(
+        "--img_size",
+        type=int,
+        default=640,
+        help="letterboxed square input size, a multiple of 32 (default 640)",
     )
     detector.add_argument(
         "--encoder", help="ROI encoder checkpoint written by main_train.py (appearance embeddings)"
