@@ -76,6 +76,10 @@ class TrackerConfig:
     ema_momentum: float = _param(0.9, "EMA momentum of a track's appearance feature")
     bank_size: int = _param(30, "recent embeddings kept per track")
     bank_top_k: int = _param(5, "bank similarity = mean of the top-k similarities")
+    position_noise: float = _param(0.05, "Kalman noise std of centre and height, as a fraction of the height")
+    velocity_noise: float = _param(
+        0.00625, "Kalman noise std of their velocities, as a fraction of the height"
+    )
     feature_min_score: float = _param(
         0.6, "a match updates the appearance only when the detection scores at least this"
     )
@@ -87,6 +91,8 @@ class TrackerConfig:
             )
         if self.n_init < 1 or self.max_age < 1 or self.bank_size < 1 or self.bank_top_k < 1:
             raise ValueError("n_init, max_age, bank_size and bank_top_k must be >= 1")
+        if self.position_noise <= 0 or self.velocity_noise <= 0:
+            raise ValueError("position_noise and velocity_noise must be > 0")
         if not 0.0 < self.gate_probability < 1.0:
             raise ValueError(f"gate_probability must be in (0, 1), got {self.gate_probability}")
         if not 0.0 <= self.appearance_weight <= 1.0 or not 0.0 <= self.ema_momentum < 1.0:
@@ -143,7 +149,7 @@ class TrackedObject:
 class Tracker:
     def __init__(self, config: TrackerConfig | None = None):
         self.config = config or TrackerConfig()
-        self.kalman = KalmanBoxFilter()
+        self.kalman = KalmanBoxFilter(self.config.position_noise, self.config.velocity_noise)
         self.gate = chi2_gate(self.config.gate_probability, dof=2)
         self.tracks: list[Track] = []
         self._next_id = 1
