@@ -5,20 +5,18 @@
 2. One optimizer step at target_batch=128 from batch_size=16: gradient cache vs plain accumulation
    (target ≤ 1.6×).
 3. train.py images/s vs a bare loop doing the same step on in-memory tensors (target ≥ 0.8: the input
-   pipeline must not starve the model).
+   pipeline must not starve the model); the second epoch is timed, DataLoader start-up included.
 4. Top-5 search of 1,000 queries in a 10,000 × 512 gallery: ``myutils.retrieval.top_k_search`` vs faiss
    ``IndexFlatIP`` (target ≤ 2×).
 
-    python bench/supcon_bench.py            # CPU, about 3-5 minutes on 2 cores
+    python bench/supcon_bench.py            # CPU, about 2-3 minutes on 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,15 +36,31 @@ from myutils.synthetic_garments import generate_garment_dataset  # noqa: E402
 from train import train_supcon  # noqa: E402
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def median_seconds(fns: Sequence[Callable[[], object]], repeats: int, warmup: int = 1) -> list[float]:
+    """Median wall time of each function; runs are interleaved so that load changes hit all of them alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
+        for fn, fn_times in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            fn_times.append(time.perf_counter() - start)
+    return [statistics.median(fn_times) for fn_times in times]
+
+
+def peak_memory_bytes(fn: Callable[[], object]) -> int:
+    """Peak of the live CPU tensor memory allocated while ``fn`` runs (from the profiler's allocation events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage  # allocations minus frees of this op (or free event)
+        peak = max(peak, live)
+    return peak
 
 
 # ---------------------------------------------------------------- 1. loss
@@ -77,24 +91,9 @@ def loss_step(which: str) -> Callable[[], None]:
     return step
 
 
-def peak_memory_in_subprocess(which: str) -> int:
-    """Peak extra resident memory (bytes) of one loss step, in a fresh process (max RSS is per process)."""
-    result = subprocess.run([sys.executable, __file__, "--measure_loss_memory", which],
-                            capture_output=True, text=True, check=True)
-    return int(result.stdout.strip().splitlines()[-1])
-
-
-def measure_loss_memory(which: str) -> int:
-    step = loss_step(which)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-
-
 def bench_loss(repeats: int) -> list[dict]:
-    ours_time = median_seconds(loss_step("ours"), repeats, warmup=3)
-    pml_time = median_seconds(loss_step("pml"), repeats, warmup=3)
-    ours_mem, pml_mem = peak_memory_in_subprocess("ours"), peak_memory_in_subprocess("pml")
+    ours_time, pml_time = median_seconds([loss_step("ours"), loss_step("pml")], repeats, warmup=3)
+    ours_mem, pml_mem = peak_memory_bytes(loss_step("ours")), peak_memory_bytes(loss_step("pml"))
     return [
         row("SupConLoss fwd+bwd time, 512×128", ours_time * 1e3, pml_time * 1e3, "ms", "<= 1.0"),
         row("SupConLoss fwd+bwd peak memory", ours_mem / 2**20, pml_mem / 2**20, "MiB", "<= 1.0"),
@@ -118,8 +117,8 @@ def bench_step(model_name: str, img_size: int, repeats: int) -> list[dict]:
     images, labels = torch.randn(128, 2, 3, img_size, img_size), torch.arange(128) % 32
     micro = [(images[i : i + 16], labels[i : i + 16]) for i in range(0, 128, 16)]
     loss_fn = SupConLoss(0.1)
-    cached = median_seconds(make_step(model, optimizer, grad_cache_backward, micro, loss_fn), repeats)
-    plain = median_seconds(make_step(model, optimizer, accumulated_backward, micro, loss_fn), repeats)
+    cached, plain = median_seconds([make_step(model, optimizer, grad_cache_backward, micro, loss_fn),
+                                    make_step(model, optimizer, accumulated_backward, micro, loss_fn)], repeats)
     return [row(f"optimizer step 128 from 16 ({model_name} {img_size}px)", cached, plain, "s", "<= 1.6",
                 names=("grad cache", "plain accum."))]
 
@@ -127,7 +126,7 @@ def bench_step(model_name: str, img_size: int, repeats: int) -> list[dict]:
 # ---------------------------------------------------------------- 3. input pipeline
 def bench_pipeline(model_name: str, img_size: int, num_workers: int, work_dir: Path) -> list[dict]:
     data = work_dir / "garments"
-    generate_garment_dataset(data, 32, img_size, seed=0)  # 18 classes × 32 images
+    generate_garment_dataset(data, 72, img_size, seed=0)  # 18 classes × 72 images: 19 steps of 64 per epoch
     rows = []
     for accumulation, method in (("plain", accumulated_backward), ("gradcache", grad_cache_backward)):
         result = train_supcon(
@@ -141,7 +140,7 @@ def bench_pipeline(model_name: str, img_size: int, num_workers: int, work_dir: P
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         images, labels = torch.randn(64, 2, 3, img_size, img_size), torch.arange(64) % 16
         micro = [(images[i : i + 16], labels[i : i + 16]) for i in range(0, 64, 16)]
-        bare_seconds = median_seconds(make_step(model, optimizer, method, micro, SupConLoss(0.1)), 5)
+        (bare_seconds,) = median_seconds([make_step(model, optimizer, method, micro, SupConLoss(0.1))], 5)
         rows.append(row(f"train.py images/s ({accumulation}, {num_workers} worker(s))", loader_rate, 64 / bare_seconds,
                         "img/s", ">= 0.8", names=("train.py", "in-memory loop")))
     return rows
@@ -152,7 +151,6 @@ def bench_search(repeats: int) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
     gallery = F.normalize(torch.randn(10_000, 512, generator=generator), dim=1)
     queries = F.normalize(torch.randn(1_000, 512, generator=generator), dim=1)
-    ours = median_seconds(lambda: top_k_search(queries, gallery, 5), repeats)
     try:
         import faiss
     except ImportError:
@@ -170,7 +168,7 @@ def bench_search(repeats: int) -> list[dict]:
 
         def baseline():
             return index.search(queries_np, 5)
-    base = median_seconds(baseline, repeats)
+    ours, base = median_seconds([lambda: top_k_search(queries, gallery, 5), baseline], repeats)
     return [row("top-5 search 1k × 10k × 512", ours * 1e3, base * 1e3, "ms", "<= 2.0",
                 names=("top_k_search", baseline_name))]
 
@@ -199,16 +197,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch compute threads (same for ours and baselines)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    p.add_argument("--measure_loss_memory", choices=["ours", "pml"], help=argparse.SUPPRESS)  # subprocess mode
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.measure_loss_memory:
-        print(measure_loss_memory(args.measure_loss_memory))
-        return
     rows = bench_loss(args.repeats * 4)
     rows += bench_step(args.model_name, args.img_size, args.repeats)
     with tempfile.TemporaryDirectory() as work_dir:
