@@ -48,12 +48,12 @@ class KalmanBoxFilter:
         measurements = np.asarray(measurements, dtype=np.float64).reshape(-1, MEASUREMENT_DIM)
         mean = np.concatenate([measurements, np.zeros_like(measurements)], axis=1)
         height = measurements[:, 3]
+        # DeepSORT's initial spread: twice the position noise, ten times the velocity noise; the
+        # aspect ratio 1e-2 and its velocity 1e-5 (shapes change slowly)
         std = np.concatenate(
             [2 * self._position_std(height, 0.5e-2), 10 * self._velocity_std(height)], axis=1
         )
-        std[:, 6] = (
-            1e-5  # the aspect ratio's velocity starts (and stays) nearly certain: shapes change slowly
-        )
+        std[:, 6] = 1e-5
         return mean, _diagonal(std**2)
 
     def predict(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
