@@ -108,7 +108,10 @@ def train_one_epoch(train_model, loader, steps_per_batch, backward_method, loss_
                     ctx, amp_context, grad_clip, log, global_step, epoch, progress):
     """One pass over the sampler; returns (mean loss, images/s, skipped images, global step)."""
     no_sync = train_model.no_sync if ctx.enabled else contextlib.nullcontext
-    backward = lambda tensor: scaler.scale(tensor).backward()  # noqa: E731
+
+    def backward(tensor):
+        scaler.scale(tensor).backward()
+
     losses, n_images, n_skipped, micro_batches = [], 0, 0, []
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not (progress and ctx.is_main), leave=False)
@@ -172,13 +175,14 @@ def train_supcon(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train an :class:`EmbeddingModel` with SupCon; returns the best metric/epoch, checkpoint paths and history."""
+    settings = dict(locals())  # every argument, passed on unchanged
     if accumulation not in BACKWARD_METHODS:
         raise ValueError(f"accumulation must be one of {sorted(BACKWARD_METHODS)}, got {accumulation!r}")
     if epochs < 1 or not 0 <= warmup_epochs <= epochs:
         raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs <= epochs, got {epochs}, {warmup_epochs}")
     ctx = init_distributed(device)
     try:
-        return _train(**locals())
+        return _train(ctx, **settings)
     finally:
         cleanup_distributed()
 

@@ -183,9 +183,9 @@ def row(name, ours, baseline, unit, target, names=("ours", "pytorch-metric-learn
 
 
 def print_table(rows: Sequence[dict]) -> None:
-    print(f"\n{'benchmark':<48}{'ours':>12}{'baseline':>12}  {'unit':<6}{'ratio':>7}  {'target':<8}result  (ours vs baseline)")
+    print(f"\n{'benchmark':<56}{'ours':>12}{'baseline':>12}  {'unit':<6}{'ratio':>7}  {'target':<8}result  (ours vs baseline)")
     for r in rows:
-        print(f"{r['benchmark']:<48}{r['ours']:>12.3f}{r['baseline']:>12.3f}  {r['unit']:<6}{r['ratio']:>7.2f}  "
+        print(f"{r['benchmark']:<56}{r['ours']:>12.3f}{r['baseline']:>12.3f}  {r['unit']:<6}{r['ratio']:>7.2f}  "
               f"{r['target']:<8}{'PASS' if r['pass'] else 'MISS'}    ({r['ours_name']} vs {r['baseline_name']})")
 
 
