@@ -138,7 +138,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--query_root", default=None, help="with --eval: query images in the gallery's class folders")
     p.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers for --eval")
-    p.add_argument("--device", default=None, help="cuda, cpu (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cuda or cpu; unset: cuda when available")
     args = p.parse_args(argv)
     if not args.eval and not args.images:
         p.error("give --images to recognise, or --eval for retrieval metrics")

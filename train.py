@@ -300,7 +300,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrained", default=None, metavar="PATH",
                    help="local weights file for the backbone (.safetensors/.pth); nothing is downloaded")
     p.add_argument("--emb_dim", type=int, default=512, help="embedding size")
-    p.add_argument("--img_size", type=int, default=None, help="input side length (default: the model's data config)")
+    p.add_argument("--img_size", type=int, default=None, help="input side length; unset: the model's data config")
     p.add_argument("--temperature", type=float, default=0.1, help="SupCon temperature")
     p.add_argument("--m_per_class", type=int, default=4,
                    help="images per class in each contrastive batch (0: plain random batches)")
@@ -314,7 +314,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA fp16/bf16 with a scaler, CPU bf16)")
     p.add_argument("--resume", default=None, metavar="PATH", help="continue from a last.pth/best_supcon.pth")
     p.add_argument("--seed", type=int, default=0, help="random seed (data split, sampling, augmentation, init)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu; unset: cuda when available")
     p.add_argument("--no_progress", action="store_true", help="hide tqdm progress bars")
     return p.parse_args(argv)
 

@@ -92,6 +92,13 @@ def test_resume_continues_exactly_where_it_stopped(tiny_data, tmp_path, monkeypa
     assert b["scheduler"]["last_epoch"] == a["scheduler"]["last_epoch"]
 
 
+def test_amp_on_cpu_trains_in_bfloat16_with_plain_accumulation(tiny_data, tmp_path):
+    result = train_supcon(str(tiny_data), epochs=1, save_dir=str(tmp_path), amp=True, accumulation="plain", **TINY)
+    losses = result["history"]["train_loss"]
+    assert len(losses) == 1 and 0 < losses[0] < 20  # finite, a real SupCon value
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["scaler"] == {}  # no scaler needed for bf16
+
+
 def test_bad_arguments_are_clear_errors(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="multiple of batch_size"):
         train_supcon(str(tiny_data), epochs=1, save_dir=str(tmp_path), **{**TINY, "target_batch": 6})
