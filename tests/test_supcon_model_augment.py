@@ -99,7 +99,7 @@ def test_dataloader_workers_get_distinct_reproducible_streams():
     def run(seed):
         dataset = ConstantImages(A2ClothingTransform(16, seed=0))
         init = functools.partial(seed_worker_augmentation, base_seed=seed, rank=0)
-        loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_init_fn=init)
+        loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_init_fn=init, timeout=120)
         return [batch[0] for batch in loader]
 
     first, again = run(11), run(11)
