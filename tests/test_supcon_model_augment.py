@@ -116,7 +116,7 @@ def test_eval_transform_uses_the_given_normalisation():
     torch.testing.assert_close(out, torch.ones(3, 16, 16))
 
 
-def test_preview_writes_the_grid_and_cli(tmp_path):
+def test_preview_writes_the_grid(tmp_path):
     image = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     write_image_rgb(tmp_path / "shirt.png", image)
     path = preview_augmentations(tmp_path / "shirt.png", (2, 3), tmp_path / "grid.png", show=False, img_size=24)
