@@ -20,13 +20,19 @@ class ImageRecord:
     label: int
 
 
-def list_class_folders(root: str | os.PathLike) -> list[str]:
-    """Sorted class names (sub-folders) of ``root``; clear errors for a bad root."""
+def require_data_root(root: str | os.PathLike) -> Path:
+    """``root`` as a ``Path``; a clear error when it is missing or not a directory."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"data root does not exist: {root}")
     if not root.is_dir():
         raise NotADirectoryError(f"data root is not a directory: {root}")
+    return root
+
+
+def list_class_folders(root: str | os.PathLike) -> list[str]:
+    """Sorted class names (sub-folders) of ``root``; clear errors for a bad root."""
+    root = require_data_root(root)
     classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
         raise ValueError(f"no class folders found in {root} (expected root/<class_name>/<images>)")

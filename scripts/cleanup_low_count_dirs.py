@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from myutils.image_folder import require_data_root  # noqa: E402
 from myutils.image_io import is_image_file  # noqa: E402
 
 DATA_ROOT_ENV = "ASCENSION_DATA_ROOT"
@@ -45,11 +46,7 @@ def count_images(folder: Path) -> int:
 
 def scan_class_folders(data_root: str | os.PathLike) -> list[ClassFolder]:
     """Every direct sub-folder of ``data_root`` with its image count, sorted by name."""
-    root = Path(data_root)
-    if not root.exists():
-        raise FileNotFoundError(f"data root does not exist: {root}")
-    if not root.is_dir():
-        raise NotADirectoryError(f"data root is not a directory: {root}")
+    root = require_data_root(data_root)
     folders = []
     for entry in sorted(root.iterdir()):
         if entry.is_symlink():
