@@ -37,7 +37,7 @@ def save_untrained(path: Path, model_name: str, emb_dim: int, img_size: int, see
     return save_checkpoint({"model": model.state_dict(), "model_config": model.config}, path)
 
 
-def run_demo(out: str, model_name: str = "test_efficientnet", epochs: int = 30, images_per_class: int = 80,
+def run_demo(out: str, model_name: str = "resnet10t", epochs: int = 30, images_per_class: int = 80,
              queries_per_class: int = 20, img_size: int = 32, threads: int = 1, num_workers: int = 1,
              seed: int = 0) -> dict:
     """Generate data, evaluate untrained, train, evaluate trained; returns both metric dicts."""
@@ -78,7 +78,7 @@ def run_demo(out: str, model_name: str = "test_efficientnet", epochs: int = 30, 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="demo_runs/supcon", help="output folder (data, checkpoints, results.json)")
-    p.add_argument("--model_name", default="test_efficientnet", help="timm model to train from scratch")
+    p.add_argument("--model_name", default="resnet10t", help="timm model to train from scratch")
     p.add_argument("--epochs", type=int, default=30, help="training epochs")
     p.add_argument("--images_per_class", type=int, default=80, help="generated training/gallery images per class")
     p.add_argument("--queries_per_class", type=int, default=20, help="generated held-out query images per class")
