@@ -17,6 +17,7 @@ import argparse
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -24,8 +25,8 @@ from myutils.association_metrics import association_metrics, average_over_pairs,
 from myutils.checkpoint import load_checkpoint
 from myutils.detector import YOLOv7Detector
 from myutils.image_io import read_image_rgb
-from myutils.roi_encoder import ROIEncoder, load_roi_encoder
-from myutils.roi_features import roi_align_features
+from myutils.roi_appearance import ROIAppearance
+from myutils.roi_encoder import ROIEncoder
 from myutils.training_log import write_json_atomic
 from myutils.validation_pairs import cxcywh_to_xyxy_pixels, list_validation_pairs, read_frame_labels
 
@@ -67,19 +68,15 @@ def feature_settings(args: argparse.Namespace) -> dict:
     }
 
 
-@torch.no_grad()
-def embed_labelled_boxes(detector: YOLOv7Detector, encoder: ROIEncoder, image_path: Path, label_path: Path):
+def embed_labelled_boxes(appearance: ROIAppearance, image_path: Path, label_path: Path):
     """Ids and unit embeddings of the labelled boxes of one frame."""
     image = read_image_rgb(image_path)
     if image is None:
         raise ValueError(f"cannot read image {image_path}")
     labels = read_frame_labels(label_path)
     height, width = image.shape[:2]
-    boxes = torch.as_tensor(cxcywh_to_xyxy_pixels(labels.boxes_cxcywh, width, height), dtype=torch.float32)
-    if len(boxes) == 0:
-        return labels.ids, torch.zeros((0, encoder.config.embedding_dim), device=detector.device)
-    features, letterbox = detector.backbone_features(image)
-    return labels.ids, encoder(roi_align_features(features, boxes, letterbox))
+    boxes = cxcywh_to_xyxy_pixels(labels.boxes_cxcywh, width, height)
+    return labels.ids, torch.from_numpy(appearance.embed_image(image, np.asarray(boxes, dtype=np.float32)))
 
 
 def format_table(per_pair: list[dict], mean: dict) -> str:
@@ -101,15 +98,15 @@ def validate(args: argparse.Namespace) -> dict:
     detector = YOLOv7Detector(settings["yolo_weights"], settings["img_size"], device=args.device, seed=settings["seed"])
     if args.untrained:
         torch.manual_seed(args.seed)
-        encoder = ROIEncoder().to(detector.device).eval()
+        appearance = ROIAppearance(ROIEncoder(), detector)
     else:
-        encoder = load_roi_encoder(args.checkpoint, detector.device)
+        appearance = ROIAppearance(args.checkpoint, detector)
     per_pair = []
     for pair in tqdm(pairs, desc="validation pairs", unit="pair"):
-        now_ids, now_embeddings = embed_labelled_boxes(detector, encoder, pair.now_image, pair.now_label)
-        pre_ids, pre_embeddings = embed_labelled_boxes(detector, encoder, pair.pre_image, pair.pre_label)
+        now_ids, now_embeddings = embed_labelled_boxes(appearance, pair.now_image, pair.now_label)
+        pre_ids, pre_embeddings = embed_labelled_boxes(appearance, pair.pre_image, pair.pre_label)
         probabilities = match_probabilities(now_embeddings @ pre_embeddings.T, args.temperature)
-        per_pair.append({"pair": pair.key, **association_metrics(probabilities.cpu(), now_ids, pre_ids)})
+        per_pair.append({"pair": pair.key, **association_metrics(probabilities, now_ids, pre_ids)})
     mean = average_over_pairs([{k: v for k, v in p.items() if k != "pair"} for p in per_pair])
     encoder_name = "untrained" if args.untrained else str(args.checkpoint)
     return {"pairs": per_pair, "mean": mean, "settings": {**settings, "encoder": encoder_name, "data": str(args.data)}}
