@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from myutils.image_io import read_image_rgb, write_image_rgb
-from myutils.seeding import worker_seed
+from myutils.data.image_io import read_image_rgb, write_image_rgb
+from myutils.training.seeding import worker_seed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -27,21 +27,21 @@ from torch.nn.utils import clip_grad_norm_
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from myutils.checkpoint import load_checkpoint, save_checkpoint
-from myutils.distributed import (
+from myutils.roi.encoder import ROIEncoder, ROIEncoderConfig, encoder_checkpoint_state
+from myutils.roi.loss import beta_schedule, noisy_view, roi_contrastive_loss
+from myutils.roi.shards import RoiFeatureDataset
+from myutils.training.checkpoint import load_checkpoint, save_checkpoint
+from myutils.training.distributed import (
     DistContext,
     all_gather_tensor,
     all_reduce_mean,
     cleanup_distributed,
     init_distributed,
 )
-from myutils.precision import autocast, autocast_dtype, make_grad_scaler
-from myutils.roi_encoder import ROIEncoder, ROIEncoderConfig, encoder_checkpoint_state
-from myutils.roi_loss import beta_schedule, noisy_view, roi_contrastive_loss
-from myutils.roi_shards import RoiFeatureDataset
-from myutils.schedule import warmup_cosine_scheduler
-from myutils.seeding import capture_rng_state, restore_rng_state, seed_everything, worker_seed
-from myutils.training_log import TrainingLog, plot_curves, write_json_atomic
+from myutils.training.log import TrainingLog, plot_curves, write_json_atomic
+from myutils.training.precision import autocast, autocast_dtype, make_grad_scaler
+from myutils.training.schedule import warmup_cosine_scheduler
+from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything, worker_seed
 
 DEFAULT_DATA = "demo_runs/roi/features"
 

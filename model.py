@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from myutils.checkpoint import load_checkpoint
+from myutils.training.checkpoint import load_checkpoint
 
 
 def create_backbone(model_name: str, pretrained: str | os.PathLike | None = None) -> nn.Module:

@@ -25,11 +25,11 @@ import torch
 
 from augment_images import EvalTransform
 from model import EmbeddingModel
-from myutils.embedding_inference import EmbeddedImages, embed_records
-from myutils.gallery_cache import load_or_embed_gallery
-from myutils.image_folder import ImageRecord, scan_image_folder
-from myutils.precision import resolve_device
-from myutils.retrieval import retrieval_metrics
+from myutils.data.image_folder import ImageRecord, scan_image_folder
+from myutils.retrieval.embedding import EmbeddedImages, embed_records
+from myutils.retrieval.gallery_cache import load_or_embed_gallery
+from myutils.retrieval.metrics import retrieval_metrics
+from myutils.training.precision import resolve_device
 
 EVAL_KEYS = ("precision_at_1", "recall_at_1", "recall_at_5", "recall_at_10", "mrr", "r_precision", "map_at_r",
              "num_queries")

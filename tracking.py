@@ -27,11 +27,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from myutils.boxes import tlwh_to_xyxy
-from myutils.mot_io import read_mot, rows_by_frame, write_mot
-from myutils.mot_metrics import MOTSummary, evaluate_mot, format_summary
-from myutils.roi_appearance import ROIAppearance
-from myutils.tracker import TrackedObject, Tracker, TrackerConfig, results_to_mot_rows
+from myutils.roi.appearance import ROIAppearance
+from myutils.tracking.boxes import tlwh_to_xyxy
+from myutils.tracking.mot_io import read_mot, rows_by_frame, write_mot
+from myutils.tracking.mot_metrics import MOTSummary, evaluate_mot, format_summary
+from myutils.tracking.tracker import TrackedObject, Tracker, TrackerConfig, results_to_mot_rows
 
 DEMO_DIR = Path("demo_runs/tracking")
 TRAIL_LENGTH = 20
@@ -54,7 +54,7 @@ def frame_numbers_and_images(source_path: str | None, last_detection_frame: int)
             for number in tqdm(range(1, last_detection_frame + 1), unit="frame", desc="tracking")
         )
         return
-    from myutils.frame_source import FrameSource
+    from myutils.detection.frame_source import FrameSource
 
     source = FrameSource(source_path)
     expected = 1
@@ -137,7 +137,7 @@ def track(
     file_detections = rows_by_frame(read_mot(detections)) if detections else None
     detector = None
     if detections is None or use_appearance:
-        from myutils.detector import YOLOv7Detector
+        from myutils.detection.detector import YOLOv7Detector
 
         detector = YOLOv7Detector(
             yolo_weights, img_size=img_size, conf_threshold=conf, iou_threshold=iou, device=device
@@ -215,8 +215,8 @@ def open_video_writer(path: str, width: int, height: int) -> cv2.VideoWriter:
 
 def prepare_demo(out_dir: Path, difficulty: str = "medium", seed: int = 0) -> Path:
     """A generated scene as a MOT sequence (frames, gt) plus simulated detections in ``det/det.txt``."""
-    from myutils.simulated_detector import simulate_detections
-    from myutils.synthetic_scenes import generate_scene, write_mot_sequence
+    from myutils.synthetic.scenes import generate_scene, write_mot_sequence
+    from myutils.synthetic.simulated_detector import simulate_detections
 
     scene = generate_scene(num_frames=300, num_objects=8, seed=seed, difficulty=difficulty)
     sequence = write_mot_sequence(scene, out_dir / "sequence")

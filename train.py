@@ -30,17 +30,22 @@ from tqdm import tqdm
 from augment_images import A2ClothingTransform, EvalTransform, MultiViewTransform, seed_worker_augmentation
 from loss import SupConLoss
 from model import EmbeddingModel
-from myutils.checkpoint import load_checkpoint, save_checkpoint
-from myutils.distributed import all_reduce_mean, barrier, cleanup_distributed, init_distributed
-from myutils.embedding_inference import embed_records
-from myutils.grad_cache import accumulated_backward, grad_cache_backward
-from myutils.image_folder import ImageFolderDataset, collate_skip_none, scan_image_folder, split_per_class
-from myutils.m_per_class_sampler import MPerClassBatchSampler
-from myutils.precision import autocast, autocast_dtype, make_grad_scaler
-from myutils.retrieval import retrieval_metrics
-from myutils.schedule import warmup_cosine_scheduler
-from myutils.seeding import capture_rng_state, restore_rng_state, seed_everything, worker_seed
-from myutils.training_log import TrainingLog, plot_curves
+from myutils.data.image_folder import (
+    ImageFolderDataset,
+    collate_skip_none,
+    scan_image_folder,
+    split_per_class,
+)
+from myutils.data.m_per_class_sampler import MPerClassBatchSampler
+from myutils.retrieval.embedding import embed_records
+from myutils.retrieval.grad_cache import accumulated_backward, grad_cache_backward
+from myutils.retrieval.metrics import retrieval_metrics
+from myutils.training.checkpoint import load_checkpoint, save_checkpoint
+from myutils.training.distributed import all_reduce_mean, barrier, cleanup_distributed, init_distributed
+from myutils.training.log import TrainingLog, plot_curves
+from myutils.training.precision import autocast, autocast_dtype, make_grad_scaler
+from myutils.training.schedule import warmup_cosine_scheduler
+from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything, worker_seed
 
 BACKWARD_METHODS = {"gradcache": grad_cache_backward, "plain": accumulated_backward}
 VAL_METRICS = ("precision_at_1", "recall_at_1", "recall_at_5", "recall_at_10", "mrr", "r_precision", "map_at_r")

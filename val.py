@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from myutils.association_metrics import association_metrics, average_over_pairs, match_probabilities
-from myutils.checkpoint import load_checkpoint
-from myutils.detector import YOLOv7Detector
-from myutils.image_io import read_image_rgb
-from myutils.roi_appearance import ROIAppearance
-from myutils.roi_encoder import ROIEncoder
-from myutils.training_log import write_json_atomic
-from myutils.validation_pairs import cxcywh_to_xyxy_pixels, list_validation_pairs, read_frame_labels
+from myutils.data.image_io import read_image_rgb
+from myutils.detection.detector import YOLOv7Detector
+from myutils.roi.appearance import ROIAppearance
+from myutils.roi.association_metrics import association_metrics, average_over_pairs, match_probabilities
+from myutils.roi.encoder import ROIEncoder
+from myutils.roi.validation_pairs import cxcywh_to_xyxy_pixels, list_validation_pairs, read_frame_labels
+from myutils.training.checkpoint import load_checkpoint
+from myutils.training.log import write_json_atomic
 
 DEFAULT_DATA = "demo_runs/roi/val"
 DEFAULT_CHECKPOINT = "demo_runs/roi/train/checkpoints/last.pth"

@@ -25,11 +25,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from myutils.letterbox import Letterbox  # noqa: E402
-from myutils.roi_encoder import ROIEncoder  # noqa: E402
-from myutils.roi_features import roi_align_features  # noqa: E402
-from myutils.roi_shards import RoiShardWriter  # noqa: E402
-from myutils.yolov7 import YOLOv7  # noqa: E402
+from myutils.detection.letterbox import Letterbox  # noqa: E402
+from myutils.detection.yolov7 import YOLOv7  # noqa: E402
+from myutils.roi.encoder import ROIEncoder  # noqa: E402
+from myutils.roi.features import roi_align_features  # noqa: E402
+from myutils.roi.shards import RoiShardWriter  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,7 +6,7 @@
    (target ≤ 1.6×).
 3. train.py images/s vs a bare loop doing the same step on in-memory tensors (target ≥ 0.8: the input
    pipeline must not starve the model); the second epoch is timed, DataLoader start-up included.
-4. Top-5 search of 1,000 queries in a 10,000 × 512 gallery: ``myutils.retrieval.top_k_search`` vs faiss
+4. Top-5 search of 1,000 queries in a 10,000 × 512 gallery: ``myutils.retrieval.metrics.top_k_search`` vs faiss
    ``IndexFlatIP`` (target ≤ 2×).
 
     python bench/supcon_bench.py            # CPU, about 2-3 minutes on 2 cores
@@ -30,9 +30,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from loss import SupConLoss  # noqa: E402
 from model import EmbeddingModel  # noqa: E402
-from myutils.grad_cache import accumulated_backward, grad_cache_backward  # noqa: E402
-from myutils.retrieval import top_k_search  # noqa: E402
-from myutils.synthetic_garments import generate_garment_dataset  # noqa: E402
+from myutils.retrieval.grad_cache import accumulated_backward, grad_cache_backward  # noqa: E402
+from myutils.retrieval.metrics import top_k_search  # noqa: E402
+from myutils.synthetic.garments import generate_garment_dataset  # noqa: E402
 from train import train_supcon  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Tracker quality and association speed against deep-sort-realtime and ByteTrack (supervision 0.30).
 
-Every tracker gets exactly the same detections: generated scenes (myutils.synthetic_scenes)
+Every tracker gets exactly the same detections: generated scenes (myutils.synthetic.scenes)
 degraded by the simulated detector (box jitter, random misses, occlusion runs, low-score
 occluded objects, lower-score false positives) at three difficulty levels. Appearance-based
 trackers get the same embeddings: SIMULATED ones (an identity vector plus noise that grows
@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from myutils.boxes import tlwh_to_xyxy, xyxy_to_tlwh  # noqa: E402
-from myutils.mot_metrics import MOTSummary, combine_summaries, evaluate_mot  # noqa: E402
-from myutils.simulated_detector import DIFFICULTY_LEVELS, simulate_detections, simulate_embeddings  # noqa: E402
-from myutils.synthetic_scenes import generate_scene  # noqa: E402
-from myutils.tracker import Tracker, TrackerConfig, results_to_mot_rows  # noqa: E402
+from myutils.synthetic.scenes import generate_scene  # noqa: E402
+from myutils.synthetic.simulated_detector import DIFFICULTY_LEVELS, simulate_detections, simulate_embeddings  # noqa: E402
+from myutils.tracking.boxes import tlwh_to_xyxy, xyxy_to_tlwh  # noqa: E402
+from myutils.tracking.mot_metrics import MOTSummary, combine_summaries, evaluate_mot  # noqa: E402
+from myutils.tracking.tracker import Tracker, TrackerConfig, results_to_mot_rows  # noqa: E402
 
 
 def frames_of(rows: np.ndarray, embeddings: dict[str, np.ndarray], num_frames: int) -> list[tuple]:
@@ -50,7 +50,7 @@ def encoder_embeddings(scene, rows: np.ndarray, appearance) -> np.ndarray:
     """ROI-encoder embeddings of the detection ``rows`` on the scene's rendered frames (a backbone pass each)."""
     from tqdm import tqdm
 
-    from myutils.synthetic_scenes import render_frame
+    from myutils.synthetic.scenes import render_frame
 
     embeddings = np.zeros((len(rows), appearance.dim))
     frames = rows[:, 0].astype(int)
@@ -146,7 +146,7 @@ def benchmark(
 ) -> tuple[dict, dict]:
     """``{difficulty: {tracker: (combined MOTSummary, frames/s)}}`` and the tracker specs.
 
-    With ``appearance`` (a :class:`myutils.roi_appearance.ROIAppearance`) the trackers also run on
+    With ``appearance`` (a :class:`myutils.roi.appearance.ROIAppearance`) the trackers also run on
     ROI-encoder embeddings of the rendered frames, next to the simulated ones.
     """
     specs = tracker_specs(["simulated"] + (["ROI encoder"] if appearance is not None else []))
@@ -255,8 +255,8 @@ def main() -> None:
     args = parser.parse_args()
     appearance = None
     if args.encoder:
-        from myutils.detector import YOLOv7Detector
-        from myutils.roi_appearance import ROIAppearance
+        from myutils.detection.detector import YOLOv7Detector
+        from myutils.roi.appearance import ROIAppearance
 
         detector = YOLOv7Detector(args.yolo_weights, img_size=args.img_size, device=args.device)
         appearance = ROIAppearance(args.encoder, detector)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from myutils.image_folder import require_data_root  # noqa: E402
-from myutils.image_io import is_image_file  # noqa: E402
+from myutils.data.image_folder import require_data_root  # noqa: E402
+from myutils.data.image_io import is_image_file  # noqa: E402
 
 DATA_ROOT_ENV = "ASCENSION_DATA_ROOT"
 

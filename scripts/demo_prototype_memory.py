@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from myutils.checkpoint import save_checkpoint  # noqa: E402
 from myutils.contrastive_prototype_manager import ContrastivePrototypeManager  # noqa: E402
-from myutils.precision import resolve_device  # noqa: E402
-from myutils.seeding import seed_everything  # noqa: E402
-from myutils.toy_segmentation import TinySegNet, centroid_margin, make_striped_shapes, mean_iou  # noqa: E402
-from myutils.training_log import TrainingLog, plot_curves, write_json_atomic  # noqa: E402
+from myutils.synthetic.toy_segmentation import TinySegNet, centroid_margin, make_striped_shapes, mean_iou  # noqa: E402
+from myutils.training.checkpoint import save_checkpoint  # noqa: E402
+from myutils.training.log import TrainingLog, plot_curves, write_json_atomic  # noqa: E402
+from myutils.training.precision import resolve_device  # noqa: E402
+from myutils.training.seeding import seed_everything  # noqa: E402
 
 NUM_CLASSES = 3
 

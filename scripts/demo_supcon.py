@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 
 from model import EmbeddingModel  # noqa: E402
-from myutils.checkpoint import save_checkpoint  # noqa: E402
-from myutils.seeding import seed_everything  # noqa: E402
-from myutils.synthetic_garments import generate_garment_dataset  # noqa: E402
-from myutils.training_log import write_json_atomic  # noqa: E402
+from myutils.synthetic.garments import generate_garment_dataset  # noqa: E402
+from myutils.training.checkpoint import save_checkpoint  # noqa: E402
+from myutils.training.log import write_json_atomic  # noqa: E402
+from myutils.training.seeding import seed_everything  # noqa: E402
 from test_model import EVAL_KEYS, evaluate_retrieval, verify_real_world_image  # noqa: E402
 from train import train_supcon  # noqa: E402
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from myutils.mot_io import read_mot  # noqa: E402
-from myutils.mot_metrics import MOTSummary, combine_summaries, evaluate_mot, format_summary  # noqa: E402
-from myutils.training_log import write_json_atomic  # noqa: E402
+from myutils.tracking.mot_io import read_mot  # noqa: E402
+from myutils.tracking.mot_metrics import MOTSummary, combine_summaries, evaluate_mot, format_summary  # noqa: E402
+from myutils.training.log import write_json_atomic  # noqa: E402
 
 
 def sequence_pairs(gt_dir: Path, results_dir: Path) -> dict[str, tuple[Path, Path]]:

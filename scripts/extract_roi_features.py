@@ -20,12 +20,12 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from myutils.detector import YOLOv7Detector  # noqa: E402
-from myutils.frame_source import Frame, FrameSource  # noqa: E402
-from myutils.mot_io import read_mot, rows_by_frame  # noqa: E402
-from myutils.roi_features import ROI_OUTPUT_SIZE, roi_align_features  # noqa: E402
-from myutils.roi_shards import RoiShardWriter  # noqa: E402
-from myutils.validation_pairs import cxcywh_to_xyxy_pixels, read_frame_labels  # noqa: E402
+from myutils.detection.detector import YOLOv7Detector  # noqa: E402
+from myutils.detection.frame_source import Frame, FrameSource  # noqa: E402
+from myutils.roi.features import ROI_OUTPUT_SIZE, roi_align_features  # noqa: E402
+from myutils.roi.shards import RoiShardWriter  # noqa: E402
+from myutils.roi.validation_pairs import cxcywh_to_xyxy_pixels, read_frame_labels  # noqa: E402
+from myutils.tracking.mot_io import read_mot, rows_by_frame  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from myutils.synthetic_scenes import generate_scene, write_mot_sequence, write_validation_pairs  # noqa: E402
+from myutils.synthetic.scenes import generate_scene, write_mot_sequence, write_validation_pairs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from myutils.checkpoint import save_checkpoint
 from myutils.contrastive_prototype_manager import ContrastivePrototypeManager, rescaled_sigmoid_weights
-from myutils.toy_segmentation import centroid_margin, mean_iou
+from myutils.synthetic.toy_segmentation import centroid_margin, mean_iou
+from myutils.training.checkpoint import save_checkpoint
 
 NUM_CLASSES, DIM = 3, 8
 

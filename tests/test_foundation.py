@@ -12,12 +12,17 @@ from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
 
-from myutils.checkpoint import load_checkpoint, save_checkpoint
-from myutils.image_folder import ImageFolderDataset, collate_skip_none, scan_image_folder, split_per_class
-from myutils.image_io import read_image_rgb, write_image_rgb
-from myutils.retrieval import retrieval_metrics, top_k_search
-from myutils.schedule import warmup_cosine_factor
-from myutils.seeding import capture_rng_state, restore_rng_state, seed_everything
+from myutils.data.image_folder import (
+    ImageFolderDataset,
+    collate_skip_none,
+    scan_image_folder,
+    split_per_class,
+)
+from myutils.data.image_io import read_image_rgb, write_image_rgb
+from myutils.retrieval.metrics import retrieval_metrics, top_k_search
+from myutils.training.checkpoint import load_checkpoint, save_checkpoint
+from myutils.training.schedule import warmup_cosine_factor
+from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 
 def test_checkpoint_round_trip_is_weights_only_and_atomic(tmp_path):
@@ -133,7 +138,7 @@ def test_top_k_search_matches_full_sort():
 
 
 def test_mot_file_round_trip_and_errors(tmp_path):
-    from myutils.mot_io import read_mot, rows_by_frame, write_mot
+    from myutils.tracking.mot_io import read_mot, rows_by_frame, write_mot
 
     rows = np.array([[2, 1, 10.5, 20, 30, 40, 0.9], [1, 2, 0, 0, 5, 5, 1.0], [1, 1, 3.25, 4, 6, 8, 0.5]])
     path = write_mot(tmp_path / "res.txt", rows)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import mahalanobis
 
-from myutils.boxes import iou_matrix, tlwh_to_xyxy, xyah_to_xyxy, xyxy_to_tlwh, xyxy_to_xyah
-from myutils.kalman_filter import KalmanBoxFilter, chi2_gate
+from myutils.tracking.boxes import iou_matrix, tlwh_to_xyxy, xyah_to_xyxy, xyxy_to_tlwh, xyxy_to_xyah
+from myutils.tracking.kalman_filter import KalmanBoxFilter, chi2_gate
 
 
 def test_predict_update_by_hand():

@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from myutils.checkpoint import save_checkpoint
-from myutils.roi_encoder import (
+from myutils.roi.encoder import (
     ROIEncoder,
     ROIEncoderConfig,
     encoder_checkpoint_state,
     load_roi_encoder,
     shake_shake,
 )
+from myutils.training.checkpoint import save_checkpoint
 
 
 def test_encoder_size_and_unit_embeddings():

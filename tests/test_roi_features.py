@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from myutils.letterbox import image_to_tensor, letterbox_image
-from myutils.roi_features import roi_align_features
+from myutils.detection.letterbox import image_to_tensor, letterbox_image
+from myutils.roi.features import roi_align_features
 
 
 def test_letterbox_geometry_and_round_trip():

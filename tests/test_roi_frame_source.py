@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from myutils.frame_source import FrameSource
-from myutils.image_io import write_image_rgb
+from myutils.data.image_io import write_image_rgb
+from myutils.detection.frame_source import FrameSource
 
 
 def _image(value):

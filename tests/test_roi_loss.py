@@ -4,7 +4,7 @@ import torch
 from pytorch_metric_learning.losses import NTXentLoss
 from scipy.special import log_softmax as np_log_softmax
 
-from myutils.roi_loss import beta_schedule, noisy_view, nt_xent, roi_contrastive_loss, similarity_kl
+from myutils.roi.loss import beta_schedule, noisy_view, nt_xent, roi_contrastive_loss, similarity_kl
 
 
 def test_nt_xent_matches_pytorch_metric_learning():

@@ -6,7 +6,7 @@ import pytest
 
 import main_train
 import val
-from myutils.mot_io import read_mot
+from myutils.tracking.mot_io import read_mot
 from scripts import extract_roi_features, make_roi_demo_data
 
 

@@ -4,15 +4,15 @@ import json
 import numpy as np
 import pytest
 
-from myutils.image_io import read_image_rgb
-from myutils.mot_io import read_mot
-from myutils.synthetic_scenes import (
+from myutils.data.image_io import read_image_rgb
+from myutils.synthetic.scenes import (
     generate_scene,
     place_objects,
     render_frame,
     write_mot_sequence,
     write_validation_pairs,
 )
+from myutils.tracking.mot_io import read_mot
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import main_train
-from myutils.checkpoint import load_checkpoint
-from myutils.detector import YOLOv7Detector
-from myutils.image_io import read_image_rgb
-from myutils.roi_encoder import load_roi_encoder
-from myutils.roi_features import roi_align_features
-from myutils.roi_shards import RoiFeatureDataset, RoiShardWriter
-from myutils.synthetic_scenes import generate_scene, write_mot_sequence, write_validation_pairs
+from myutils.data.image_io import read_image_rgb
+from myutils.detection.detector import YOLOv7Detector
+from myutils.roi.encoder import load_roi_encoder
+from myutils.roi.features import roi_align_features
+from myutils.roi.shards import RoiFeatureDataset, RoiShardWriter
+from myutils.synthetic.scenes import generate_scene, write_mot_sequence, write_validation_pairs
+from myutils.training.checkpoint import load_checkpoint
 from scripts.extract_roi_features import extract_roi_features, parse_args
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from loss import SupConLoss
 from model import EmbeddingModel
-from myutils.grad_cache import accumulated_backward, grad_cache_backward
-from myutils.m_per_class_sampler import MPerClassBatchSampler
+from myutils.data.m_per_class_sampler import MPerClassBatchSampler
+from myutils.retrieval.grad_cache import accumulated_backward, grad_cache_backward
 
 
 class DropoutEncoder(nn.Module):

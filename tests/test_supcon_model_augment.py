@@ -24,8 +24,8 @@ from augment_images import (
     main as augment_main,
 )
 from model import EmbeddingModel
-from myutils.checkpoint import save_checkpoint
-from myutils.image_io import read_image_rgb, write_image_rgb
+from myutils.data.image_io import read_image_rgb, write_image_rgb
+from myutils.training.checkpoint import save_checkpoint
 
 
 def test_embedding_model_is_normalised_and_described_by_its_config():

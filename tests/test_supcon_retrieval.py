@@ -13,10 +13,10 @@ from pytorch_metric_learning.utils.inference import CustomKNN
 
 from augment_images import EvalTransform
 from model import EmbeddingModel
-from myutils.checkpoint import save_checkpoint
-from myutils.image_folder import scan_image_folder
-from myutils.image_io import read_image_rgb
-from myutils.synthetic_garments import generate_garment_dataset
+from myutils.data.image_folder import scan_image_folder
+from myutils.data.image_io import read_image_rgb
+from myutils.synthetic.garments import generate_garment_dataset
+from myutils.training.checkpoint import save_checkpoint
 from test_model import RetrievalSession, evaluate_retrieval, verify_real_world_image
 from test_model import main as run_test_model_cli
 

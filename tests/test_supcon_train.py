@@ -18,8 +18,8 @@ import train
 from augment_images import parse_args as augment_parse_args
 from loss import SupConLoss
 from model import EmbeddingModel
-from myutils.grad_cache import grad_cache_backward
-from myutils.synthetic_garments import generate_garment_dataset
+from myutils.retrieval.grad_cache import grad_cache_backward
+from myutils.synthetic.garments import generate_garment_dataset
 from test_model import parse_args as retrieval_parse_args
 from train import parse_args as train_parse_args
 from train import train_supcon

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from myutils.association import appearance_distance, cosine_distance, fuse_costs, linear_assignment
+from myutils.tracking.association import appearance_distance, cosine_distance, fuse_costs, linear_assignment
 
 
 def brute_force(cost: np.ndarray, max_cost: float) -> tuple[int, float]:

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import tracking
-from myutils.checkpoint import save_checkpoint
-from myutils.mot_io import read_mot, write_mot
-from myutils.mot_metrics import combine_summaries, evaluate_mot
-from myutils.roi_encoder import ROIEncoder, encoder_checkpoint_state
-from myutils.simulated_detector import simulate_detections
-from myutils.synthetic_scenes import generate_scene, write_mot_sequence
-from myutils.tracker import TrackerConfig, track_detections
+from myutils.roi.encoder import ROIEncoder, encoder_checkpoint_state
+from myutils.synthetic.scenes import generate_scene, write_mot_sequence
+from myutils.synthetic.simulated_detector import simulate_detections
+from myutils.tracking.mot_io import read_mot, write_mot
+from myutils.tracking.mot_metrics import combine_summaries, evaluate_mot
+from myutils.tracking.tracker import TrackerConfig, track_detections
+from myutils.training.checkpoint import save_checkpoint
 
 NUM_FRAMES = 30
 SHORT = 4  # frames of the sequence that runs YOLOv7 (slow on CPU) at a 64-pixel input
@@ -131,9 +131,9 @@ def test_video_input_and_roi_encoder_appearance(short_sequence, tmp_path):
 
 
 def test_appearance_embeddings_are_unit_vectors_per_box(short_sequence, tmp_path):
-    from myutils.detector import YOLOv7Detector
-    from myutils.image_io import read_image_rgb
-    from myutils.roi_appearance import ROIAppearance
+    from myutils.data.image_io import read_image_rgb
+    from myutils.detection.detector import YOLOv7Detector
+    from myutils.roi.appearance import ROIAppearance
 
     save_checkpoint(encoder_checkpoint_state(ROIEncoder()), tmp_path / "encoder.pth")
     with pytest.warns(UserWarning):

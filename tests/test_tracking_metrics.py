@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from myutils.mot_metrics import combine_summaries, evaluate_mot
-from myutils.simulated_detector import DIFFICULTY_LEVELS, simulate_detections, simulate_embeddings
-from myutils.synthetic_scenes import generate_scene
-from myutils.tracker import TrackerConfig, track_detections
+from myutils.synthetic.scenes import generate_scene
+from myutils.synthetic.simulated_detector import DIFFICULTY_LEVELS, simulate_detections, simulate_embeddings
+from myutils.tracking.mot_metrics import combine_summaries, evaluate_mot
+from myutils.tracking.tracker import TrackerConfig, track_detections
 
 
 def row(frame, identity, left, top, w=10.0, h=10.0):

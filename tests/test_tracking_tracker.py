@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from myutils.boxes import tlwh_to_xyxy
-from myutils.mot_io import read_mot, write_mot
-from myutils.mot_metrics import evaluate_mot
-from myutils.tracker import Tracker, TrackerConfig, track_detections
+from myutils.tracking.boxes import tlwh_to_xyxy
+from myutils.tracking.mot_io import read_mot, write_mot
+from myutils.tracking.mot_metrics import evaluate_mot
+from myutils.tracking.tracker import Tracker, TrackerConfig, track_detections
 
 
 def box_at(cx: float, cy: float = 200.0, w: float = 40.0, h: float = 80.0) -> np.ndarray:

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import val
-from myutils.checkpoint import save_checkpoint
-from myutils.roi_encoder import ROIEncoder, encoder_checkpoint_state
-from myutils.synthetic_scenes import generate_scene, write_validation_pairs
+from myutils.roi.encoder import ROIEncoder, encoder_checkpoint_state
+from myutils.synthetic.scenes import generate_scene, write_validation_pairs
+from myutils.training.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from myutils.association_metrics import association_metrics, average_over_pairs, match_probabilities
+from myutils.roi.association_metrics import association_metrics, average_over_pairs, match_probabilities
 
 
 def test_hand_computed_ranks():

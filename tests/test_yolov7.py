@@ -11,9 +11,9 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from myutils.detector import YOLOv7Detector, non_max_suppression
-from myutils.yolov7 import YOLOv7, count_parameters, num_classes_from_state_dict
-from myutils.yolov7_checkpoint import InertObject, load_yolov7_state_dict, restricted_load
+from myutils.detection.detector import YOLOv7Detector, non_max_suppression
+from myutils.detection.yolov7 import YOLOv7, count_parameters, num_classes_from_state_dict
+from myutils.detection.yolov7_checkpoint import InertObject, load_yolov7_state_dict, restricted_load
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_detector_with_random_weights_warns_and_maps_boxes(tmp_path):
 STAND_IN_CHECKPOINT = textwrap.dedent(
     """
     import sys, types, torch
-    from myutils import yolov7 as net
+    from myutils.detection import yolov7 as net
 
     # stand-ins for the YOLOv7 source tree: same class names under models.common / models.yolo
     packages = {name: types.ModuleType(name) for name in ("models", "models.common", "models.yolo")}

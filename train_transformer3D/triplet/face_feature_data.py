@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from myutils.training_log import write_json_atomic
+from myutils.training.log import write_json_atomic
 
 FEATURE_FILES = {"front": "front_feature.npy", "video": "video_feature.npy"}
 METADATA_FILES = {"front": "front_metadata.json", "video": "video_metadata.json"}

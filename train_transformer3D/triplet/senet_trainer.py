@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from myutils.checkpoint import load_checkpoint, save_checkpoint
-from myutils.precision import autocast, autocast_dtype, make_grad_scaler, resolve_device
-from myutils.retrieval import retrieval_metrics
-from myutils.schedule import warmup_cosine_scheduler
-from myutils.seeding import capture_rng_state, restore_rng_state, seed_everything
-from myutils.training_log import TrainingLog, plot_curves, write_json_atomic
+from myutils.retrieval.metrics import retrieval_metrics
+from myutils.training.checkpoint import load_checkpoint, save_checkpoint
+from myutils.training.log import TrainingLog, plot_curves, write_json_atomic
+from myutils.training.precision import autocast, autocast_dtype, make_grad_scaler, resolve_device
+from myutils.training.schedule import warmup_cosine_scheduler
+from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 from train_transformer3D.triplet.face_feature_data import (
     FacePairDataset,
     PersonBatchSampler,

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from myutils.image_io import is_image_file, read_image_rgb
+from myutils.data.image_io import is_image_file, read_image_rgb
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import torch
 
-from myutils.roi_encoder import ROIEncoder, load_roi_encoder
-from myutils.roi_features import roi_align_features
+from myutils.roi.encoder import ROIEncoder, load_roi_encoder
+from myutils.roi.features import roi_align_features
 
 
 class ROIAppearance:

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from myutils.association import linear_assignment
-from myutils.boxes import iou_matrix, tlwh_to_xyxy
-from myutils.mot_io import rows_by_frame
+from myutils.tracking.association import linear_assignment
+from myutils.tracking.boxes import iou_matrix, tlwh_to_xyxy
+from myutils.tracking.mot_io import rows_by_frame
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from myutils.image_io import is_image_file, read_image_rgb
+from myutils.data.image_io import is_image_file, read_image_rgb
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from myutils.distributed import all_gather_variable
+from myutils.training.distributed import all_gather_variable
 
 MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (images [b, V, C, H, W], labels [b])
 ContrastiveLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (features [N, V, D], labels [N])

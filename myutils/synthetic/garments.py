@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from myutils.image_io import write_image_rgb
+from myutils.data.image_io import write_image_rgb
 
 
 def _arc(cx: float, cy: float, rx: float, ry: float, start: float, stop: float, n: int = 12) -> list:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from myutils.image_io import is_image_file
+from myutils.data.image_io import is_image_file
 
 LABEL_DIR_NAMES = ("lable", "label")  # the seed's spelling first
 

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
-from myutils.letterbox import Letterbox, image_to_tensor, letterbox_image
-from myutils.precision import resolve_device
-from myutils.yolov7 import YOLOv7, num_classes_from_state_dict
-from myutils.yolov7_checkpoint import load_yolov7_state_dict
+from myutils.detection.letterbox import Letterbox, image_to_tensor, letterbox_image
+from myutils.detection.yolov7 import YOLOv7, num_classes_from_state_dict
+from myutils.detection.yolov7_checkpoint import load_yolov7_state_dict
+from myutils.training.precision import resolve_device
 
 RANDOM_WEIGHTS_WARNING = (
     "YOLOv7 has no weights (--yolo_weights not given): features come from a randomly initialised "

@@ -38,7 +38,7 @@ def init_distributed(device_name: str | None = None) -> DistContext:
 
     Each rank uses ``cuda:LOCAL_RANK`` when CUDA is present (NCCL), else the CPU (gloo).
     """
-    from myutils.precision import resolve_device
+    from myutils.training.precision import resolve_device
 
     if not launched_by_torchrun():
         return DistContext(0, 1, 0, resolve_device(device_name))

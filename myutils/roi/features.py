@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision.ops import roi_align
 
-from myutils.letterbox import Letterbox
+from myutils.detection.letterbox import Letterbox
 
 ROI_OUTPUT_SIZE = 10
 SAMPLING_RATIO = 2

@@ -12,9 +12,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from myutils.checkpoint import load_checkpoint, save_checkpoint
-from myutils.embedding_inference import EmbeddedImages
-from myutils.image_folder import ImageRecord
+from myutils.data.image_folder import ImageRecord
+from myutils.retrieval.embedding import EmbeddedImages
+from myutils.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from myutils.image_io import write_image_rgb
-from myutils.mot_io import write_mot
+from myutils.data.image_io import write_image_rgb
+from myutils.tracking.mot_io import write_mot
 
 SHAPES = ("rectangle", "ellipse", "triangle", "diamond", "hexagon", "cross")
 PATTERNS = ("stripes", "checker", "dots", "rings")

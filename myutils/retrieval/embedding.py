@@ -11,8 +11,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from myutils.image_folder import ImageFolderDataset, ImageRecord, collate_skip_none
-from myutils.precision import autocast
+from myutils.data.image_folder import ImageFolderDataset, ImageRecord, collate_skip_none
+from myutils.training.precision import autocast
 
 
 @dataclass

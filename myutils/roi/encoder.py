@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from myutils.checkpoint import load_checkpoint
+from myutils.training.checkpoint import load_checkpoint
 
 
 @dataclass(frozen=True)

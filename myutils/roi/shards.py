@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from myutils.training_log import write_json_atomic
+from myutils.training.log import write_json_atomic
 
 INDEX_NAME = "index.json"
 FORMAT = "roi-shards-v1"

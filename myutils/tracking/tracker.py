@@ -30,9 +30,9 @@ from enum import Enum
 
 import numpy as np
 
-from myutils.association import appearance_distance, fuse_costs, linear_assignment, normalize_rows
-from myutils.boxes import iou_matrix, tlwh_to_xyxy, xyah_to_xyxy, xyxy_to_tlwh, xyxy_to_xyah
-from myutils.kalman_filter import KalmanBoxFilter, chi2_gate
+from myutils.tracking.association import appearance_distance, fuse_costs, linear_assignment, normalize_rows
+from myutils.tracking.boxes import iou_matrix, tlwh_to_xyxy, xyah_to_xyxy, xyxy_to_tlwh, xyxy_to_xyah
+from myutils.tracking.kalman_filter import KalmanBoxFilter, chi2_gate
 
 
 def _param(default, help_text: str):
