@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from myutils.cli import InputError, non_negative_int, positive_int, run
 from myutils.data.image_io import read_image_rgb, write_image_rgb
 from myutils.training.seeding import worker_seed
 
@@ -121,7 +122,7 @@ class MultiViewTransform:
 
     def __init__(self, transform: A2ClothingTransform, n_views: int = 2):
         if n_views < 1:
-            raise ValueError(f"n_views must be at least 1, got {n_views}")
+            raise InputError(f"n_views must be at least 1, got {n_views}")
         self.transform = transform
         self.n_views = n_views
 
@@ -163,10 +164,10 @@ def preview_augmentations(
     """Write a ``rows × cols`` grid of augmented versions of one image (the first cell is the original)."""
     image = read_image_rgb(image_path)
     if image is None:
-        raise ValueError(f"cannot read image: {image_path}")
+        raise InputError(f"cannot read image: {image_path}")
     rows, cols = grid_size
     if rows < 1 or cols < 1:
-        raise ValueError(f"grid_size must be positive, got {grid_size}")
+        raise InputError(f"grid_size must be positive, got {grid_size}")
     transform = A2ClothingTransform(img_size, seed=seed)
     original = cv2.resize(image, (img_size, img_size), interpolation=cv2.INTER_AREA)
     tiles = [original] + [transform.augment_image(image) for _ in range(rows * cols - 1)]
@@ -186,12 +187,12 @@ def preview_augmentations(
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Preview the colour-agnostic training augmentation of one image.")
     parser.add_argument("image", help="path of the image to augment")
-    parser.add_argument("--grid", type=int, nargs=2, default=(5, 5), metavar=("ROWS", "COLS"),
+    parser.add_argument("--grid", type=positive_int, nargs=2, default=(5, 5), metavar=("ROWS", "COLS"),
                         help="grid of augmented copies; the first cell is the original (default: 5 5)")
     parser.add_argument("--output", default="preview_augmentations.jpg",
                         help="where to write the grid image (default: preview_augmentations.jpg)")
-    parser.add_argument("--img_size", type=int, default=224, help="side length of each cell in pixels (default: 224)")
-    parser.add_argument("--seed", type=int, default=0, help="augmentation seed, for a reproducible grid (default: 0)")
+    parser.add_argument("--img_size", type=positive_int, default=224, help="side length of each cell in pixels (default: 224)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="augmentation seed, for a reproducible grid (default: 0)")
     parser.add_argument("--show", action="store_true", help="also open the grid in a matplotlib window")
     return parser.parse_args(argv)
 
@@ -203,4 +204,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

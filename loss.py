@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from myutils.cli import InputError
+
 
 class SupConLoss(nn.Module):
     r"""Supervised contrastive loss over ``V`` views of ``B`` samples.
@@ -38,9 +40,9 @@ class SupConLoss(nn.Module):
     def __init__(self, temperature: float = 0.1, contrast_mode: str = "all", base_temperature: float | None = None):
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise InputError(f"temperature must be positive, got {temperature}")
         if contrast_mode not in ("all", "one"):
-            raise ValueError(f"contrast_mode must be 'all' or 'one', got {contrast_mode!r}")
+            raise InputError(f"contrast_mode must be 'all' or 'one', got {contrast_mode!r}")
         self.temperature = temperature
         self.contrast_mode = contrast_mode
         self.base_temperature = temperature if base_temperature is None else base_temperature
@@ -50,9 +52,9 @@ class SupConLoss(nn.Module):
     ) -> torch.Tensor:
         """``features [B, V, D]`` (L2-normalised), ``labels [B]`` or ``mask [B, B]`` (1 = same class)."""
         if features.dim() != 3:
-            raise ValueError(f"features must be [batch, views, dim], got shape {tuple(features.shape)}")
+            raise InputError(f"features must be [batch, views, dim], got shape {tuple(features.shape)}")
         if labels is not None and mask is not None:
-            raise ValueError("give labels or mask, not both")
+            raise InputError("give labels or mask, not both")
         batch, views, _ = features.shape
         with torch.autocast(device_type=features.device.type, enabled=False):
             features = features.float()
@@ -83,10 +85,10 @@ class SupConLoss(nn.Module):
         if labels is not None:
             labels = labels.reshape(-1).to(device)
             if labels.numel() != batch:
-                raise ValueError(f"got {labels.numel()} labels for {batch} samples")
+                raise InputError(f"got {labels.numel()} labels for {batch} samples")
             return labels[:, None] == labels[None, :]
         if mask is not None:
             if mask.shape != (batch, batch):
-                raise ValueError(f"mask must be [{batch}, {batch}], got {tuple(mask.shape)}")
+                raise InputError(f"mask must be [{batch}, {batch}], got {tuple(mask.shape)}")
             return mask.to(device).bool()
         return torch.eye(batch, dtype=torch.bool, device=device)

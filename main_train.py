@@ -27,6 +27,15 @@ from torch.nn.utils import clip_grad_norm_
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from myutils.cli import (
+    InputError,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run,
+    unit_float,
+)
 from myutils.roi.encoder import ROIEncoder, ROIEncoderConfig, encoder_checkpoint_state
 from myutils.roi.loss import beta_schedule, noisy_view, roi_contrastive_loss
 from myutils.roi.shards import RoiFeatureDataset
@@ -52,28 +61,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"ROI feature folders from scripts/extract_roi_features.py (default {DEFAULT_DATA})")
     parser.add_argument("--output_dir", default="runs/roi_encoder",
                         help="checkpoints/, tensorboard/, history.json, curves.png (default runs/roi_encoder)")
-    parser.add_argument("--epochs", type=int, default=500, help="training epochs (default 500)")
-    parser.add_argument("--batch_size", type=int, default=256, help="ROIs per batch on each process (default 256)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (default 1e-4)")
-    parser.add_argument("--min_lr", type=float, default=1e-5, help="learning rate at the end of the cosine (default 1e-5)")
-    parser.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    parser.add_argument("--warmup_epochs", type=int, default=10,
+    parser.add_argument("--epochs", type=positive_int, default=500, help="training epochs (default 500)")
+    parser.add_argument("--batch_size", type=positive_int, default=256, help="ROIs per batch on each process (default 256)")
+    parser.add_argument("--lr", type=positive_float, default=1e-4, help="peak AdamW learning rate (default 1e-4)")
+    parser.add_argument("--min_lr", type=non_negative_float, default=1e-5, help="learning rate at the end of the cosine (default 1e-5)")
+    parser.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    parser.add_argument("--warmup_epochs", type=non_negative_int, default=10,
                         help="linear lr warm-up, fixed RMB fusion and beta = 0.9 for this many epochs (default 10)")
-    parser.add_argument("--conf_threshold", type=float, default=0.3,
+    parser.add_argument("--conf_threshold", type=unit_float, default=0.3,
                         help="train only on ROIs with detection score >= this (default 0.3)")
-    parser.add_argument("--temperature", type=float, default=0.2, help="NT-Xent and student temperature (default 0.2)")
-    parser.add_argument("--teacher_temperature", type=float, default=0.07, help="teacher temperature (default 0.07)")
-    parser.add_argument("--noise_std", type=float, default=0.05, help="Gaussian noise of the views (default 0.05)")
-    parser.add_argument("--drop_prob", type=float, default=0.1,
+    parser.add_argument("--temperature", type=positive_float, default=0.2, help="NT-Xent and student temperature (default 0.2)")
+    parser.add_argument("--teacher_temperature", type=positive_float, default=0.07, help="teacher temperature (default 0.07)")
+    parser.add_argument("--noise_std", type=non_negative_float, default=0.05, help="Gaussian noise of the views (default 0.05)")
+    parser.add_argument("--drop_prob", type=unit_float, default=0.1,
                         help="probability that a view has elements zeroed (default 0.1)")
-    parser.add_argument("--drop_fraction", type=float, default=0.2, help="fraction zeroed in such a view (default 0.2)")
-    parser.add_argument("--grad_clip", type=float, default=7.0, help="max gradient norm (default 7)")
+    parser.add_argument("--drop_fraction", type=unit_float, default=0.2, help="fraction zeroed in such a view (default 0.2)")
+    parser.add_argument("--grad_clip", type=non_negative_float, default=7.0, help="max gradient norm (default 7)")
     parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                         help="autocast: auto = bf16 on CUDA where supported (fp16 + scaler otherwise), off on CPU")
-    parser.add_argument("--save_interval", type=int, default=10, help="keep a checkpoint every n epochs (default 10)")
+    parser.add_argument("--save_interval", type=positive_int, default=10, help="keep a checkpoint every n epochs (default 10)")
     parser.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. OUTPUT/checkpoints/last.pth)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per process (default 2)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers per process (default 2)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--log_sample_indices", action="store_true",
                         help="write the data-set indices each rank used per epoch to OUTPUT/sample_indices.json")
@@ -224,11 +233,11 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if not math.isfinite(args.lr) or args.lr <= 0 or args.epochs < 1 or args.batch_size < 1:
-        raise SystemExit("--lr must be positive, --epochs and --batch_size at least 1")
+        raise InputError("--lr must be positive, --epochs and --batch_size at least 1")
     history = train(args)
     if history:
         print(json.dumps({key: values[-1] for key, values in history.items()}))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from myutils.cli import InputError
 from myutils.training.checkpoint import load_checkpoint
 
 
@@ -26,7 +27,7 @@ def create_backbone(model_name: str, pretrained: str | os.PathLike | None = None
     allowed to download.
     """
     if not timm.is_model(model_name):
-        raise ValueError(f"unknown timm model {model_name!r} (see timm.list_models())")
+        raise InputError(f"unknown timm model {model_name!r} (see timm.list_models())")
     if pretrained is None:
         return timm.create_model(model_name, pretrained=False, num_classes=0)
     path = Path(pretrained)
@@ -60,7 +61,7 @@ class EmbeddingModel(nn.Module):
     ):
         super().__init__()
         if emb_dim < 1:
-            raise ValueError(f"emb_dim must be positive, got {emb_dim}")
+            raise InputError(f"emb_dim must be positive, got {emb_dim}")
         self.backbone = create_backbone(model_name, pretrained)
         # models with a pre-logits head (MobileNetV3, ...) pool to head_hidden_size, others to num_features
         pooled_dim = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
@@ -95,7 +96,7 @@ class EmbeddingModel(nn.Module):
         """Rebuild the model saved by ``train.py``; returns ``(model in eval mode, checkpoint dict)``."""
         checkpoint = load_checkpoint(path, map_location=map_location)
         if "model_config" not in checkpoint or "model" not in checkpoint:
-            raise ValueError(f"{path} is not an EmbeddingModel checkpoint (no 'model_config'/'model' entries)")
+            raise InputError(f"{path} is not an EmbeddingModel checkpoint (no 'model_config'/'model' entries)")
         model = cls.from_config(checkpoint["model_config"])
         model.load_state_dict(checkpoint["model"])
         return model.eval(), checkpoint

@@ -25,6 +25,7 @@ import torch
 
 from augment_images import EvalTransform
 from model import EmbeddingModel
+from myutils.cli import InputError, non_negative_int, positive_int, run
 from myutils.data.image_folder import ImageRecord, scan_image_folder
 from myutils.retrieval.embedding import EmbeddedImages, embed_records
 from myutils.retrieval.gallery_cache import load_or_embed_gallery
@@ -39,18 +40,18 @@ class RetrievalSession:
     """A trained model plus its (cached) gallery embeddings."""
 
     def __init__(self, model_path, gallery_root, device=None, batch_size=64, num_workers=0, progress=True):
+        records, self.class_names = scan_image_folder(gallery_root)  # cheap checks before the model is read
         self.device = resolve_device(device)
         self.model, _ = EmbeddingModel.from_checkpoint(model_path, map_location=self.device)
         self.model.to(self.device)
         config = self.model.config
         self.transform = EvalTransform(config["img_size"], config["mean"], config["std"])
         self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
-        records, self.class_names = scan_image_folder(gallery_root)
         self.gallery, self.from_cache = load_or_embed_gallery(
             model_path, gallery_root, records, self.class_names, lambda items: self.embed(items, "gallery")
         )
         if self.gallery.embeddings.shape[0] == 0:
-            raise ValueError(f"no readable gallery image in {gallery_root}")
+            raise InputError(f"no readable gallery image in {gallery_root}")
 
     def embed(self, records: Sequence[ImageRecord], desc: str = "queries") -> EmbeddedImages:
         return embed_records(self.model, records, self.transform, self.device, self.batch_size, self.num_workers,
@@ -86,7 +87,7 @@ def verify_real_world_image(
     query gets ``"error"`` and no matches.
     """
     if top_k < 1:
-        raise ValueError(f"top_k must be positive, got {top_k}")
+        raise InputError(f"top_k must be positive, got {top_k}")
     session = RetrievalSession(model_path, gallery_root, device, batch_size, progress=False)
     queries = session.embed([ImageRecord(str(path), -1) for path in image_paths])
     embedding_of = {record.path: emb for record, emb in zip(queries.records, queries.embeddings, strict=True)}
@@ -132,12 +133,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_path", default="checkpoints_supcon/best_supcon.pth", help="checkpoint written by train.py")
     p.add_argument("--gallery_root", required=True, help="gallery images, one sub-folder per class")
     p.add_argument("--images", nargs="+", default=[], help="query images to recognise")
-    p.add_argument("--top_k", type=int, default=5, help="classes to list per query image")
+    p.add_argument("--top_k", type=positive_int, default=5, help="classes to list per query image")
     p.add_argument("--eval", action="store_true",
                    help="print retrieval metrics as JSON instead (queries: --query_root, else leave-one-out)")
     p.add_argument("--query_root", default=None, help="with --eval: query images in the gallery's class folders")
-    p.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers for --eval")
+    p.add_argument("--batch_size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--num_workers", type=non_negative_int, default=0, help="DataLoader workers for --eval")
     p.add_argument("--device", default=None, help="cuda or cpu; unset: cuda when available")
     args = p.parse_args(argv)
     if not args.eval and not args.images:
@@ -150,7 +151,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if not Path(args.model_path).is_file():
-        raise SystemExit(f"model checkpoint not found: {args.model_path}")
+        raise InputError(f"model checkpoint not found: {args.model_path}")
     if args.eval:
         metrics = evaluate_retrieval(args.model_path, args.gallery_root, args.query_root, args.device,
                                      args.batch_size, args.num_workers)
@@ -161,4 +162,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from myutils.cli import InputError, positive_int, run, unit_float
+from myutils.detection.frame_source import FrameSource
 from myutils.roi.appearance import ROIAppearance
 from myutils.tracking.boxes import tlwh_to_xyxy
 from myutils.tracking.mot_io import read_mot, rows_by_frame, write_mot
@@ -45,18 +47,15 @@ class TrackingRun:
     summary: MOTSummary | None = None
 
 
-def frame_numbers_and_images(source_path: str | None, last_detection_frame: int) -> Iterator[tuple]:
+def frame_numbers_and_images(source: FrameSource | None, last_detection_frame: int) -> Iterator[tuple]:
     """``(frame number, RGB image or None)`` for every frame from 1 to the last one, so the tracker
     steps once per frame even where an image is unreadable or there are no images at all."""
-    if source_path is None:
+    if source is None:
         yield from (
             (number, None)
             for number in tqdm(range(1, last_detection_frame + 1), unit="frame", desc="tracking")
         )
         return
-    from myutils.detection.frame_source import FrameSource
-
-    source = FrameSource(source_path)
     expected = 1
     for frame in tqdm(source, total=len(source), unit="frame", desc="tracking"):
         for missing in range(expected, frame.number):  # skipped (unreadable) images
@@ -64,7 +63,7 @@ def frame_numbers_and_images(source_path: str | None, last_detection_frame: int)
         yield frame.number, frame.image
         expected = frame.number + 1
     if source.skipped:
-        print(f"skipped {source.skipped} unreadable image(s) in {source_path}")
+        print(f"skipped {source.skipped} unreadable image(s) in {source.path}")
 
 
 def draw_tracks(image: np.ndarray, objects: list[TrackedObject], trails: dict[int, deque]) -> np.ndarray:
@@ -125,16 +124,17 @@ def track(
 ) -> TrackingRun:
     """Track one sequence; the CLI's job as a function. Returns the result rows (and the evaluation with ``gt``)."""
     if frames and video:
-        raise ValueError("give --frames or --video, not both")
+        raise InputError("give --frames or --video, not both")
     source = frames or video
     if source is None and detections is None:
-        raise ValueError("nothing to track: give --frames, --video or --detections")
+        raise InputError("nothing to track: give --frames, --video or --detections")
     use_appearance = encoder is not None and not no_appearance
     if use_appearance and source is None:
-        raise ValueError("--encoder needs the images (--frames or --video) to compute ROI embeddings")
+        raise InputError("--encoder needs the images (--frames or --video) to compute ROI embeddings")
     if save_video and source is None:
-        raise ValueError("--save_video needs the images (--frames or --video)")
+        raise InputError("--save_video needs the images (--frames or --video)")
     file_detections = rows_by_frame(read_mot(detections)) if detections else None
+    frame_source = FrameSource(source) if source else None  # a bad path is reported before weights are read
     detector = None
     if detections is None or use_appearance:
         from myutils.detection.detector import YOLOv7Detector
@@ -150,7 +150,7 @@ def track(
     writer = None
     results, association_seconds, num_frames = [], 0.0, 0
     last_detection_frame = max(file_detections, default=0) if file_detections else 0
-    for number, image in frame_numbers_and_images(source, last_detection_frame):
+    for number, image in frame_numbers_and_images(frame_source, last_detection_frame):
         boxes, scores, embeddings = frame_detections(number, image, file_detections, detector, appearance)
         start = time.perf_counter()
         objects = tracker.update(boxes, scores, embeddings)
@@ -209,7 +209,7 @@ def open_video_writer(path: str, width: int, height: int) -> cv2.VideoWriter:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (width, height))
     if not writer.isOpened():
-        raise RuntimeError(f"cannot write video {path} (no mp4v encoder in this OpenCV build?)")
+        raise InputError(f"cannot write video {path} (no mp4v encoder in this OpenCV build?)")
     return writer
 
 
@@ -245,15 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detector.add_argument(
         "--conf",
-        type=float,
+        type=unit_float,
         default=0.25,
         help="detection confidence threshold (default 0.25; at or below --low_score, occluded objects "
         "reach the tracker's low-score round)",
     )
-    detector.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    detector.add_argument("--iou", type=unit_float, default=0.45, help="NMS IoU threshold (default 0.45)")
     detector.add_argument(
         "--img_size",
-        type=int,
+        type=positive_int,
         default=640,
         help="letterboxed square input size, a multiple of 32 (default 640)",
     )
@@ -325,4 +325,4 @@ def main(argv: list[str] | None = None) -> TrackingRun:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

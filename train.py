@@ -30,6 +30,15 @@ from tqdm import tqdm
 from augment_images import A2ClothingTransform, EvalTransform, MultiViewTransform, seed_worker_augmentation
 from loss import SupConLoss
 from model import EmbeddingModel
+from myutils.cli import (
+    InputError,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run,
+    unit_float,
+)
 from myutils.data.image_folder import (
     ImageFolderDataset,
     collate_skip_none,
@@ -182,9 +191,9 @@ def train_supcon(
     """Train an :class:`EmbeddingModel` with SupCon; returns the best metric/epoch, checkpoint paths and history."""
     settings = dict(locals())  # every argument, passed on unchanged
     if accumulation not in BACKWARD_METHODS:
-        raise ValueError(f"accumulation must be one of {sorted(BACKWARD_METHODS)}, got {accumulation!r}")
+        raise InputError(f"accumulation must be one of {sorted(BACKWARD_METHODS)}, got {accumulation!r}")
     if epochs < 1 or not 0 <= warmup_epochs <= epochs:
-        raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs <= epochs, got {epochs}, {warmup_epochs}")
+        raise InputError(f"need epochs >= 1 and 0 <= warmup_epochs <= epochs, got {epochs}, {warmup_epochs}")
     ctx = init_distributed(device)
     try:
         return _train(ctx, **settings)
@@ -201,7 +210,7 @@ def _train(ctx, data_root, batch_size, target_batch, epochs, warmup_epochs, lr, 
     checkpoint = load_checkpoint(resume) if resume else None
     if checkpoint is not None:
         if checkpoint["class_names"] != class_names:
-            raise ValueError(f"--resume {resume}: its classes differ from the classes in {data_root}")
+            raise InputError(f"--resume {resume}: its classes differ from the classes in {data_root}")
         model = EmbeddingModel.from_config(checkpoint["model_config"])
     else:
         model = EmbeddingModel(model_name, emb_dim, pretrained, img_size)
@@ -290,35 +299,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data_root", required=True, help="training images, one sub-folder per class")
-    p.add_argument("--batch_size", type=int, default=16, help="micro-batch: images per forward pass per process")
-    p.add_argument("--target_batch", type=int, default=128,
+    p.add_argument("--batch_size", type=positive_int, default=16, help="micro-batch: images per forward pass per process")
+    p.add_argument("--target_batch", type=positive_int, default=128,
                    help="contrastive batch: images per optimizer step over all processes (multiple of "
                         "batch_size × processes)")
-    p.add_argument("--epochs", type=int, default=50, help="training epochs")
-    p.add_argument("--warmup_epochs", type=int, default=5, help="epochs of linear lr warm-up before the cosine decay")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
-    p.add_argument("--weight_decay", type=float, default=0.05, help="AdamW weight decay")
-    p.add_argument("--grad_clip", type=float, default=1.0, help="max gradient L2 norm")
+    p.add_argument("--epochs", type=positive_int, default=50, help="training epochs")
+    p.add_argument("--warmup_epochs", type=non_negative_int, default=5, help="epochs of linear lr warm-up before the cosine decay")
+    p.add_argument("--lr", type=positive_float, default=3e-4, help="peak AdamW learning rate")
+    p.add_argument("--weight_decay", type=non_negative_float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--grad_clip", type=non_negative_float, default=1.0, help="max gradient L2 norm")
     p.add_argument("--save_dir", default="checkpoints_supcon",
                    help="where best_supcon.pth, last.pth, history.json, training_curves.png and tensorboard/ go")
     p.add_argument("--model_name", default="tf_efficientnetv2_m", help="any timm model name, e.g. tf_efficientnetv2_s")
     p.add_argument("--pretrained", default=None, metavar="PATH",
                    help="local weights file for the backbone (.safetensors/.pth); nothing is downloaded")
-    p.add_argument("--emb_dim", type=int, default=512, help="embedding size")
-    p.add_argument("--img_size", type=int, default=None, help="input side length; unset: the model's data config")
-    p.add_argument("--temperature", type=float, default=0.1, help="SupCon temperature")
-    p.add_argument("--m_per_class", type=int, default=4,
+    p.add_argument("--emb_dim", type=positive_int, default=512, help="embedding size")
+    p.add_argument("--img_size", type=positive_int, default=None, help="input side length; unset: the model's data config")
+    p.add_argument("--temperature", type=positive_float, default=0.1, help="SupCon temperature")
+    p.add_argument("--m_per_class", type=non_negative_int, default=4,
                    help="images per class in each contrastive batch (0: plain random batches)")
     p.add_argument("--accumulation", choices=sorted(BACKWARD_METHODS), default="gradcache",
                    help="gradcache: exact gradient of the whole target_batch; plain: mean of micro-batch losses")
     p.add_argument("--val_root", default=None, help="validation images (same class folders); overrides --val_split")
-    p.add_argument("--val_split", type=float, default=0.1,
+    p.add_argument("--val_split", type=unit_float, default=0.1,
                    help="fraction of each class held out for validation when --val_root is not given")
-    p.add_argument("--eval_batch_size", type=int, default=64, help="batch size for embedding the validation gallery")
-    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers")
+    p.add_argument("--eval_batch_size", type=positive_int, default=64, help="batch size for embedding the validation gallery")
+    p.add_argument("--num_workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help="DataLoader workers")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA fp16/bf16 with a scaler, CPU bf16)")
     p.add_argument("--resume", default=None, metavar="PATH", help="continue from a last.pth/best_supcon.pth")
-    p.add_argument("--seed", type=int, default=0, help="random seed (data split, sampling, augmentation, init)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (data split, sampling, augmentation, init)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu; unset: cuda when available")
     p.add_argument("--no_progress", action="store_true", help="hide tqdm progress bars")
     return p.parse_args(argv)
@@ -333,4 +342,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

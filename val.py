@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from myutils.cli import InputError, non_negative_int, positive_float, positive_int, run
 from myutils.data.image_io import read_image_rgb
 from myutils.detection.detector import YOLOv7Detector
 from myutils.roi.appearance import ROIAppearance
@@ -45,12 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="use a randomly initialised encoder (seed --seed) instead of --checkpoint")
     parser.add_argument("--yolo_weights", default=None,
                         help="local YOLOv7 weights; default: those the training features were extracted with")
-    parser.add_argument("--img_size", type=int, default=None,
+    parser.add_argument("--img_size", type=positive_int, default=None,
                         help="letterbox size; default: the training features' (else 640)")
-    parser.add_argument("--temperature", type=float, default=0.2, help="softmax temperature of P (default 0.2)")
+    parser.add_argument("--temperature", type=positive_float, default=0.2, help="softmax temperature of P (default 0.2)")
     parser.add_argument("--output", default=None, help="write the per-pair and mean metrics to this JSON file")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of the untrained encoder and of a random YOLOv7 without recorded settings")
     return parser.parse_args(argv)
 
@@ -72,7 +73,7 @@ def embed_labelled_boxes(appearance: ROIAppearance, image_path: Path, label_path
     """Ids and unit embeddings of the labelled boxes of one frame."""
     image = read_image_rgb(image_path)
     if image is None:
-        raise ValueError(f"cannot read image {image_path}")
+        raise InputError(f"cannot read image {image_path}")
     labels = read_frame_labels(label_path)
     height, width = image.shape[:2]
     boxes = cxcywh_to_xyxy_pixels(labels.boxes_cxcywh, width, height)
@@ -133,4 +134,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from myutils.cli import non_negative_int, positive_float, positive_int, run  # noqa: E402
 from myutils.contrastive_prototype_manager import ContrastivePrototypeManager  # noqa: E402
 
 
@@ -152,21 +153,21 @@ def run_benchmark(n=65_536, dim=64, num_classes=4, elements_per_class=256, repea
                   f"numpy-memory {base_copies}; memory stays on {manager.memory.device}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=65_536, help="number of features per call")
-    parser.add_argument("--dim", type=int, default=64, help="feature dimension")
-    parser.add_argument("--num-classes", type=int, default=4, help="number of classes")
-    parser.add_argument("--elements-per-class", type=int, default=256, help="memory capacity per class")
-    parser.add_argument("--repeats", type=int, default=9, help="timed calls per implementation, alternating (median reported)")
+    parser.add_argument("--n", type=positive_int, default=65_536, help="number of features per call")
+    parser.add_argument("--dim", type=positive_int, default=64, help="feature dimension")
+    parser.add_argument("--num-classes", type=positive_int, default=4, help="number of classes")
+    parser.add_argument("--elements-per-class", type=positive_int, default=256, help="memory capacity per class")
+    parser.add_argument("--repeats", type=positive_int, default=9, help="timed calls per implementation, alternating (median reported)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--margin", type=float, default=1.5, help="inter-class hinge margin (1.5 keeps it active)")
-    args = parser.parse_args()
+    parser.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--margin", type=positive_float, default=1.5, help="inter-class hinge margin (1.5 keeps it active)")
+    args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     run_benchmark(args.n, args.dim, args.num_classes, args.elements_per_class, args.repeats, args.device, args.margin)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from myutils.cli import positive_int, run  # noqa: E402
 from myutils.detection.letterbox import Letterbox  # noqa: E402
 from myutils.detection.yolov7 import YOLOv7  # noqa: E402
 from myutils.roi.encoder import ROIEncoder  # noqa: E402
@@ -34,11 +35,11 @@ from myutils.roi.shards import RoiShardWriter  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (default 5)")
-    parser.add_argument("--boxes", type=int, default=20, help="boxes per image for the ROI path (default 20)")
-    parser.add_argument("--rois", type=int, default=2048, help="ROIs in the training benchmark (default 2048)")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs per run; the first is warm-up (default 3)")
-    parser.add_argument("--batch_size", type=int, default=64, help="batch size per process (default 64)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions per measurement (default 5)")
+    parser.add_argument("--boxes", type=positive_int, default=20, help="boxes per image for the ROI path (default 20)")
+    parser.add_argument("--rois", type=positive_int, default=2048, help="ROIs in the training benchmark (default 2048)")
+    parser.add_argument("--epochs", type=positive_int, default=3, help="training epochs per run; the first is warm-up (default 3)")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="batch size per process (default 64)")
     return parser.parse_args(argv)
 
 
@@ -126,4 +127,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

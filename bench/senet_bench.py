@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import torch  # noqa: E402
 
+from myutils.cli import positive_float, positive_int, run  # noqa: E402
 from train_transformer3D.triplet.synthetic_faces import make_face_feature_data  # noqa: E402
 from train_transformer3D.triplet.train_senet_triplet import train_senet_triplet  # noqa: E402
 
@@ -36,14 +37,14 @@ OBJECTIVES = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--num_persons", type=int, default=400, help="generated identities (60/30/10 %% split)")
-    parser.add_argument("--frames_per_person", type=int, default=10, help="video frames per identity")
-    parser.add_argument("--feature_dim", type=int, default=512, help="feature dimension")
-    parser.add_argument("--hidden_dim", type=int, default=512, help="hidden width of the mapper")
-    parser.add_argument("--epochs", type=int, default=25, help="training epochs per objective")
-    parser.add_argument("--batch_size", type=int, default=64, help="batch size")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (short runs need more than 1e-4)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--num_persons", type=positive_int, default=400, help="generated identities (60/30/10 %% split)")
+    parser.add_argument("--frames_per_person", type=positive_int, default=10, help="video frames per identity")
+    parser.add_argument("--feature_dim", type=positive_int, default=512, help="feature dimension")
+    parser.add_argument("--hidden_dim", type=positive_int, default=512, help="hidden width of the mapper")
+    parser.add_argument("--epochs", type=positive_int, default=25, help="training epochs per objective")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="batch size")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (short runs need more than 1e-4)")
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads (small matrices on a shared 2-core machine run fastest on one)")
     parser.add_argument("--out", default=None, help="working folder (default: a temporary one, removed)")
     return parser
@@ -99,4 +100,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -30,6 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from loss import SupConLoss  # noqa: E402
 from model import EmbeddingModel  # noqa: E402
+from myutils.cli import non_negative_int, positive_int, run  # noqa: E402
 from myutils.retrieval.grad_cache import accumulated_backward, grad_cache_backward  # noqa: E402
 from myutils.retrieval.metrics import top_k_search  # noqa: E402
 from myutils.synthetic.garments import generate_garment_dataset  # noqa: E402
@@ -192,10 +193,10 @@ def print_table(rows: Sequence[dict]) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model_name", default="mobilenetv3_small_100", help="timm model for the step/pipeline benchmarks")
-    p.add_argument("--img_size", type=int, default=64, help="image side length for the step/pipeline benchmarks")
-    p.add_argument("--num_workers", type=int, default=1, help="DataLoader workers for the train.py run")
-    p.add_argument("--threads", type=int, default=1, help="torch compute threads (same for ours and baselines)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
+    p.add_argument("--img_size", type=positive_int, default=64, help="image side length for the step/pipeline benchmarks")
+    p.add_argument("--num_workers", type=non_negative_int, default=1, help="DataLoader workers for the train.py run")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch compute threads (same for ours and baselines)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per measurement (median reported)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     return p.parse_args(argv)
 
@@ -214,4 +215,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

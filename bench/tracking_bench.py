@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from myutils.cli import positive_int, run  # noqa: E402
 from myutils.synthetic.scenes import generate_scene  # noqa: E402
 from myutils.synthetic.simulated_detector import DIFFICULTY_LEVELS, simulate_detections, simulate_embeddings  # noqa: E402
 from myutils.tracking.boxes import tlwh_to_xyxy, xyxy_to_tlwh  # noqa: E402
@@ -227,7 +228,7 @@ def check_targets(table: dict, specs: dict) -> list[str]:
     return lines
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -238,9 +239,9 @@ def main() -> None:
         choices=list(DIFFICULTY_LEVELS),
         help="difficulty levels of the scenes and the simulated detector",
     )
-    parser.add_argument("--seeds", type=int, default=3, help="scenes per difficulty (seeds 0..N-1)")
-    parser.add_argument("--num_frames", type=int, default=300, help="frames per scene")
-    parser.add_argument("--num_objects", type=int, default=10, help="identities per scene")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="scenes per difficulty (seeds 0..N-1)")
+    parser.add_argument("--num_frames", type=positive_int, default=300, help="frames per scene")
+    parser.add_argument("--num_objects", type=positive_int, default=10, help="identities per scene")
     parser.add_argument(
         "--encoder",
         help="also track with this ROI encoder's embeddings (a checkpoint written by main_train.py)",
@@ -249,10 +250,10 @@ def main() -> None:
         "--yolo_weights", help="YOLOv7 weights the encoder was trained on (default: random, seed 0)"
     )
     parser.add_argument(
-        "--img_size", type=int, default=320, help="YOLOv7 input size for the encoder's features"
+        "--img_size", type=positive_int, default=320, help="YOLOv7 input size for the encoder's features"
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     appearance = None
     if args.encoder:
         from myutils.detection.detector import YOLOv7Detector
@@ -266,4 +267,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from myutils.cli import InputError
+
 MEMORY_MODES = ("replace", "fifo")
 
 
@@ -101,17 +103,17 @@ class ContrastivePrototypeManager(nn.Module):
     ):
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+            raise InputError(f"num_classes must be at least 2, got {num_classes}")
         if feature_dim < 1 or elements_per_class < 1:
-            raise ValueError(
+            raise InputError(
                 f"feature_dim and elements_per_class must be positive, got {feature_dim} and {elements_per_class}"
             )
         if memory_mode not in MEMORY_MODES:
-            raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
+            raise InputError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
         if not 0.0 <= confidence_threshold <= 1.0:
-            raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
+            raise InputError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
         if 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index {ignore_index} collides with a class id (0..{num_classes - 1})")
+            raise InputError(f"ignore_index {ignore_index} collides with a class id (0..{num_classes - 1})")
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         self.elements_per_class = elements_per_class
@@ -162,7 +164,7 @@ class ContrastivePrototypeManager(nn.Module):
             if confidence is None:
                 confidence = -torch.arange(features.shape[0], dtype=torch.float32, device=features.device)
             elif confidence.shape != features.shape[:1]:
-                raise ValueError(
+                raise InputError(
                     f"confidences[{class_id}] has shape {tuple(confidence.shape)}, expected ({features.shape[0]},)"
                 )
             rows.append(features.detach())
@@ -235,7 +237,7 @@ class ContrastivePrototypeManager(nn.Module):
         probability reaches ``confidence_threshold``; both the memory and the loss use only those.
         """
         if is_labeled and labels is None:
-            raise ValueError("labels are required when is_labeled=True (pass is_labeled=False for pseudo-labels)")
+            raise InputError("labels are required when is_labeled=True (pass is_labeled=False for pseudo-labels)")
         features, predictions, labels = self._flatten_inputs(features, predictions, labels if is_labeled else None)
         with torch.autocast(features.device.type, enabled=False):
             features = features.float()
@@ -330,22 +332,22 @@ class ContrastivePrototypeManager(nn.Module):
     def _check_class_id(self, class_id: int) -> int:
         class_id = int(class_id)
         if not 0 <= class_id < self.num_classes:
-            raise ValueError(f"class id {class_id} is out of range 0..{self.num_classes - 1}")
+            raise InputError(f"class id {class_id} is out of range 0..{self.num_classes - 1}")
         return class_id
 
     def _check_device(self, tensor: Tensor, name: str) -> None:
         if tensor.device != self.memory.device:
-            raise ValueError(
+            raise InputError(
                 f"{name} is on {tensor.device} but the prototype memory is on {self.memory.device}; "
                 f"move the manager with .to({str(tensor.device)!r}) before building its optimizer"
             )
 
     def _check_features(self, features: Tensor, name: str) -> Tensor:
         if features.dim() != 2 or features.shape[1] != self.feature_dim:
-            raise ValueError(f"{name} must have shape [n, {self.feature_dim}], got {tuple(features.shape)}")
+            raise InputError(f"{name} must have shape [n, {self.feature_dim}], got {tuple(features.shape)}")
         self._check_device(features, name)
         if not bool(torch.isfinite(features).all()):
-            raise ValueError(f"{name} contains NaN or infinite values")
+            raise InputError(f"{name} contains NaN or infinite values")
         return features
 
     def _flatten_inputs(
@@ -353,7 +355,7 @@ class ContrastivePrototypeManager(nn.Module):
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Check shapes, device, finiteness and label range (one host sync); flatten dense maps to rows."""
         if features.dim() < 2 or features.shape[1] != self.feature_dim:
-            raise ValueError(
+            raise InputError(
                 f"features must have shape [N, {self.feature_dim}] or [B, {self.feature_dim}, *spatial], "
                 f"got {tuple(features.shape)}"
             )
@@ -365,27 +367,27 @@ class ContrastivePrototypeManager(nn.Module):
         if predictions is not None:
             expected = (row_shape[0], self.num_classes, *row_shape[1:])
             if tuple(predictions.shape) != expected:
-                raise ValueError(f"predictions must have shape {expected} to match features, got {tuple(predictions.shape)}")
+                raise InputError(f"predictions must have shape {expected} to match features, got {tuple(predictions.shape)}")
             self._check_device(predictions, "predictions")
             predictions = predictions.movedim(1, -1).reshape(-1, self.num_classes)
             problems.append(~torch.isfinite(torch.stack(torch.aminmax(predictions))).all())
         if labels is not None:
             if labels.shape != row_shape:
-                raise ValueError(f"labels must have shape {tuple(row_shape)} to match features, got {tuple(labels.shape)}")
+                raise InputError(f"labels must have shape {tuple(row_shape)} to match features, got {tuple(labels.shape)}")
             if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-                raise ValueError(f"labels must be an integer tensor of class ids, got dtype {labels.dtype}")
+                raise InputError(f"labels must be an integer tensor of class ids, got dtype {labels.dtype}")
             self._check_device(labels, "labels")
             labels = labels.reshape(-1).long()
             out_of_range = (labels != self.ignore_index) & ((labels < 0) | (labels >= self.num_classes))
             problems.append(out_of_range.any())
         bad_features, *rest = torch.stack(problems).tolist()
         if bad_features:
-            raise ValueError("features contain NaN or infinite values")
+            raise InputError("features contain NaN or infinite values")
         if predictions is not None and rest.pop(0):
-            raise ValueError("predictions contain NaN or infinite values")
+            raise InputError("predictions contain NaN or infinite values")
         if labels is not None and rest.pop(0):
             bad_values = labels[out_of_range].unique()[:10].tolist()
-            raise ValueError(
+            raise InputError(
                 f"labels {bad_values} are out of range: expected 0..{self.num_classes - 1} "
                 f"or ignore_index={self.ignore_index}"
             )

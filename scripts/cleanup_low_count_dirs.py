@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from myutils.cli import InputError, positive_int, run  # noqa: E402
 from myutils.data.image_folder import require_data_root  # noqa: E402
 from myutils.data.image_io import is_image_file  # noqa: E402
 
@@ -60,14 +61,14 @@ def scan_class_folders(data_root: str | os.PathLike) -> list[ClassFolder]:
 def cleanup_low_count_dirs(data_root: str | os.PathLike, min_images: int = 70, execute: bool = False) -> list[ClassFolder]:
     """The (non-symlink) class folders with fewer than ``min_images`` images; deleted only when ``execute``."""
     if min_images < 1:
-        raise ValueError(f"--min-images must be at least 1, got {min_images}")
+        raise InputError(f"--min-images must be at least 1, got {min_images}")
     root = Path(data_root).resolve()
     low = [f for f in scan_class_folders(root) if not f.is_symlink and f.image_count < min_images]
     if execute:
         for folder in low:
             target = folder.path.resolve()
             if target.parent != root:  # paranoia: never leave the data root
-                raise RuntimeError(f"refusing to delete {target}: not a direct sub-folder of {root}")
+                raise InputError(f"refusing to delete {target}: not a direct sub-folder of {root}")
             shutil.rmtree(target)
     return low
 
@@ -78,7 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--data-root", default=os.environ.get(DATA_ROOT_ENV),
                         help=f"folder whose sub-folders are classes (default: the {DATA_ROOT_ENV} environment variable)")
-    parser.add_argument("--min-images", type=int, default=70, help="folders with fewer images than this are removed (default: 70)")
+    parser.add_argument("--min-images", type=positive_int, default=70, help="folders with fewer images than this are removed (default: 70)")
     parser.add_argument("--execute", action="store_true", help="really delete; without it this is a dry run")
     args = parser.parse_args(argv)
     if not args.data_root:
@@ -88,12 +89,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        folders = scan_class_folders(args.data_root)
-        low = cleanup_low_count_dirs(args.data_root, args.min_images, args.execute)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    folders = scan_class_folders(args.data_root)
+    low = cleanup_low_count_dirs(args.data_root, args.min_images, args.execute)
     for folder in folders:
         if folder.is_symlink:
             print(f"skipped (symbolic link, not followed): {folder.path.name}")
@@ -107,4 +104,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

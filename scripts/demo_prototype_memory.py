@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from myutils.cli import non_negative_float, non_negative_int, positive_float, positive_int, run, unit_float  # noqa: E402
 from myutils.contrastive_prototype_manager import ContrastivePrototypeManager  # noqa: E402
 from myutils.synthetic.toy_segmentation import TinySegNet, centroid_margin, make_striped_shapes, mean_iou  # noqa: E402
 from myutils.training.checkpoint import save_checkpoint  # noqa: E402
@@ -35,25 +36,25 @@ NUM_CLASSES = 3
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="output folder (logs, checkpoints, results)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps per run")
-    parser.add_argument("--eval-every", type=int, default=50, help="evaluate on the test images every N steps")
-    parser.add_argument("--labeled", type=int, default=4, help="number of images whose masks are used")
-    parser.add_argument("--unlabeled", type=int, default=96, help="number of images used without masks")
-    parser.add_argument("--test", type=int, default=32, help="number of held-out test images")
-    parser.add_argument("--image-size", type=int, default=32, help="side of the square generated images")
-    parser.add_argument("--batch-size", type=int, default=4, help="labelled and unlabelled images per step (each)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the network")
-    parser.add_argument("--embed-dim", type=int, default=16, help="dimension of the projected pixel features")
-    parser.add_argument("--elements-per-class", type=int, default=64, help="prototype memory size per class")
-    parser.add_argument("--contrastive-weight", "--contrastive_weight", type=float, default=1.0,
+    parser.add_argument("--steps", type=positive_int, default=300, help="training steps per run")
+    parser.add_argument("--eval-every", type=positive_int, default=50, help="evaluate on the test images every N steps")
+    parser.add_argument("--labeled", type=positive_int, default=4, help="number of images whose masks are used")
+    parser.add_argument("--unlabeled", type=non_negative_int, default=96, help="number of images used without masks")
+    parser.add_argument("--test", type=positive_int, default=32, help="number of held-out test images")
+    parser.add_argument("--image-size", type=positive_int, default=32, help="side of the square generated images")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="labelled and unlabelled images per step (each)")
+    parser.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate of the network")
+    parser.add_argument("--embed-dim", type=positive_int, default=16, help="dimension of the projected pixel features")
+    parser.add_argument("--elements-per-class", type=positive_int, default=64, help="prototype memory size per class")
+    parser.add_argument("--contrastive-weight", "--contrastive_weight", type=non_negative_float, default=1.0,
                         help="weight of the memory contrastive loss (intra/inter weights stay 0.1)")
-    parser.add_argument("--confidence-threshold", type=float, default=0.95,
+    parser.add_argument("--confidence-threshold", type=unit_float, default=0.95,
                         help="softmax probability an unlabelled pixel needs to become a pseudo-label")
     parser.add_argument("--use-learned-selector", "--use_learned_selector", action="store_true",
                         help="also train a third run with the learned selectors (own Adam, lr x 0.1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for data generation and training")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for data generation and training")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads; the model is tiny, and one thread is far faster on a busy CPU")
     return parser.parse_args(argv)
 
@@ -163,4 +164,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 
 from model import EmbeddingModel  # noqa: E402
+from myutils.cli import non_negative_int, positive_int, run  # noqa: E402
 from myutils.synthetic.garments import generate_garment_dataset  # noqa: E402
 from myutils.training.checkpoint import save_checkpoint  # noqa: E402
 from myutils.training.log import write_json_atomic  # noqa: E402
@@ -79,14 +80,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="demo_runs/supcon", help="output folder (data, checkpoints, results.json)")
     p.add_argument("--model_name", default="resnet10t", help="timm model to train from scratch")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs")
-    p.add_argument("--images_per_class", type=int, default=80, help="generated training/gallery images per class")
-    p.add_argument("--queries_per_class", type=int, default=20, help="generated held-out query images per class")
-    p.add_argument("--img_size", type=int, default=32, help="image side length")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
+    p.add_argument("--images_per_class", type=positive_int, default=80, help="generated training/gallery images per class")
+    p.add_argument("--queries_per_class", type=positive_int, default=20, help="generated held-out query images per class")
+    p.add_argument("--img_size", type=positive_int, default=32, help="image side length")
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch compute threads (1 leaves the second core of a 2-core machine to the data loader)")
-    p.add_argument("--num_workers", type=int, default=1, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--num_workers", type=non_negative_int, default=1, help="DataLoader worker processes")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     return p.parse_args(argv)
 
 
@@ -99,4 +100,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

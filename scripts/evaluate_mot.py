@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from myutils.cli import run, unit_float  # noqa: E402
 from myutils.tracking.mot_io import read_mot  # noqa: E402
 from myutils.tracking.mot_metrics import MOTSummary, combine_summaries, evaluate_mot, format_summary  # noqa: E402
 from myutils.training.log import write_json_atomic  # noqa: E402
@@ -55,10 +56,10 @@ def main(argv: list[str] | None = None) -> dict[str, MOTSummary]:
     parser.add_argument("--results", type=Path, help="tracker results of that sequence")
     parser.add_argument("--gt_dir", type=Path, help="folder of MOT sequences, each with gt/gt.txt")
     parser.add_argument("--results_dir", type=Path, help="folder with one <sequence>.txt per sequence")
-    parser.add_argument("--iou", type=float, default=0.5, help="least IoU for a box to match (default 0.5)")
+    parser.add_argument("--iou", type=unit_float, default=0.5, help="least IoU for a box to match (default 0.5)")
     parser.add_argument(
         "--min_visibility",
-        type=float,
+        type=unit_float,
         default=0.0,
         help="leave out ground-truth boxes less visible than this (default 0: all count)",
     )
@@ -79,4 +80,4 @@ def main(argv: list[str] | None = None) -> dict[str, MOTSummary]:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

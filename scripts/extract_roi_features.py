@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from myutils.cli import non_negative_int, positive_int, run, unit_float  # noqa: E402
 from myutils.detection.detector import YOLOv7Detector  # noqa: E402
 from myutils.detection.frame_source import Frame, FrameSource  # noqa: E402
 from myutils.roi.features import ROI_OUTPUT_SIZE, roi_align_features  # noqa: E402
@@ -38,18 +39,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gt_file", default=None,
                         help="MOT gt.txt for --boxes gt with a single non-sequence source")
     parser.add_argument("--label_dir", default=None, help="folder of <image stem>.json labels for --boxes json")
-    parser.add_argument("--min_visibility", type=float, default=0.3,
+    parser.add_argument("--min_visibility", type=unit_float, default=0.3,
                         help="--boxes gt: skip boxes less visible than this (default 0.3)")
     parser.add_argument("--yolo_weights", default=None,
                         help="local YOLOv7 checkpoint (yolov7.pt or a state dict); none = random weights")
-    parser.add_argument("--img_size", type=int, default=640, help="letterbox size, a multiple of 32 (default 640)")
-    parser.add_argument("--conf_threshold", type=float, default=0.3,
+    parser.add_argument("--img_size", type=positive_int, default=640, help="letterbox size, a multiple of 32 (default 640)")
+    parser.add_argument("--conf_threshold", type=unit_float, default=0.3,
                         help="--boxes detector: minimum detection score (default 0.3)")
-    parser.add_argument("--iou_threshold", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    parser.add_argument("--frame_step", type=int, default=1, help="use every n-th frame (default 1)")
-    parser.add_argument("--shard_size", type=int, default=4096, help="ROIs per shard file (default 4096)")
+    parser.add_argument("--iou_threshold", type=unit_float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    parser.add_argument("--frame_step", type=positive_int, default=1, help="use every n-th frame (default 1)")
+    parser.add_argument("--shard_size", type=positive_int, default=4096, help="ROIs per shard file (default 4096)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of the random YOLOv7 when no weights are given (default 0)")
     return parser.parse_args(argv)
 
@@ -91,6 +92,7 @@ def extract_roi_features(args: argparse.Namespace) -> dict:
     """Run the extraction; returns a summary (images, ROIs, skipped images, output path)."""
     if args.boxes == "json" and not (args.label_dir and Path(args.label_dir).is_dir()):
         raise FileNotFoundError(f"--boxes json needs --label_dir pointing at a folder, got {args.label_dir!r}")
+    sources = [FrameSource(path, args.frame_step) for path in map(Path, args.source)]  # before any weights are read
     detector = YOLOv7Detector(args.yolo_weights, args.img_size, args.conf_threshold, args.iou_threshold,
                               device=args.device, seed=args.seed)
     metadata = {"yolo_weights": args.yolo_weights, "random_weights_seed": None if args.yolo_weights else args.seed,
@@ -98,8 +100,7 @@ def extract_roi_features(args: argparse.Namespace) -> dict:
                 "spatial_scale": 1 / 32, "sampling_ratio": 2, "aligned": True}
     writer = RoiShardWriter(args.output, args.shard_size, metadata)
     summary = {"images": 0, "rois": 0, "skipped_images": 0, "output": str(args.output)}
-    for source_path in map(Path, args.source):
-        source = FrameSource(source_path, args.frame_step)
+    for source_path, source in zip(map(Path, args.source), sources, strict=True):
         labels = None
         if args.boxes != "detector":
             gt_file = _gt_file_for(source_path, args) if args.boxes == "gt" else None
@@ -129,4 +130,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

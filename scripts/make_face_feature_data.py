@@ -15,6 +15,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from myutils.cli import non_negative_float, non_negative_int, positive_float, positive_int, run  # noqa: E402
 from train_transformer3D.triplet.synthetic_faces import make_face_feature_data  # noqa: E402
 
 
@@ -23,18 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--num_persons", type=int, default=60, help="generated identities")
-    parser.add_argument("--fronts_per_person", type=int, default=2, help="frontal features per person")
-    parser.add_argument("--frames_per_person", type=int, default=20, help="video-frame features per person")
-    parser.add_argument("--feature_dim", type=int, default=512, help="feature dimension")
-    parser.add_argument("--num_identity_dims", type=int, default=20,
+    parser.add_argument("--num_persons", type=positive_int, default=60, help="generated identities")
+    parser.add_argument("--fronts_per_person", type=positive_int, default=2, help="frontal features per person")
+    parser.add_argument("--frames_per_person", type=positive_int, default=20, help="video-frame features per person")
+    parser.add_argument("--feature_dim", type=positive_int, default=512, help="feature dimension")
+    parser.add_argument("--num_identity_dims", type=positive_int, default=20,
                         help="planted pose-invariant dimensions (the trainer should find them)")
-    parser.add_argument("--pose_rank", type=int, default=8, help="rank of the yaw-gated distortion U Vᵀ")
-    parser.add_argument("--strength", type=float, default=6.0,
+    parser.add_argument("--pose_rank", type=positive_int, default=8, help="rank of the yaw-gated distortion U Vᵀ")
+    parser.add_argument("--strength", type=positive_float, default=6.0,
                         help="length of the distortion relative to the identity vector at a ±90° profile")
-    parser.add_argument("--offset", type=float, default=0.5, help="length of the pitch-dependent shift at 90° pitch")
-    parser.add_argument("--noise", type=float, default=0.3, help="length of the Gaussian noise added to each feature")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--offset", type=non_negative_float, default=0.5, help="length of the pitch-dependent shift at 90° pitch")
+    parser.add_argument("--noise", type=non_negative_float, default=0.3, help="length of the Gaussian noise added to each feature")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     parser.add_argument("--overwrite", action="store_true", help="replace data files already in --out")
     return parser
 
@@ -42,11 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     out = args.pop("out")
-    try:
-        summary = make_face_feature_data(out, **args)
-    except (FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    summary = make_face_feature_data(out, **args)
     print(
         f"Wrote {summary['num_front']} frontal and {summary['num_video']} video features "
         f"({summary['feature_dim']}-d) to {summary['out_dir']}; planted identity dims: {summary['identity_dims']}"
@@ -55,4 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -15,20 +15,21 @@ from pathlib import Path
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from myutils.cli import non_negative_int, positive_int, run  # noqa: E402
 from myutils.synthetic.scenes import generate_scene, write_mot_sequence, write_validation_pairs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (scenes/ and val/ are created in it)")
-    parser.add_argument("--train_scenes", type=int, default=2, help="training sequences (default 2)")
-    parser.add_argument("--frames", type=int, default=150, help="frames per sequence (default 150)")
-    parser.add_argument("--objects", type=int, default=8, help="identities per sequence (default 8)")
-    parser.add_argument("--val_pairs", type=int, default=15, help="validation pairs, as in the seed (default 15)")
-    parser.add_argument("--frame_gap", type=int, default=10, help="frames between 'pre' and 'now' (default 10)")
+    parser.add_argument("--train_scenes", type=positive_int, default=2, help="training sequences (default 2)")
+    parser.add_argument("--frames", type=positive_int, default=150, help="frames per sequence (default 150)")
+    parser.add_argument("--objects", type=positive_int, default=8, help="identities per sequence (default 8)")
+    parser.add_argument("--val_pairs", type=positive_int, default=15, help="validation pairs, as in the seed (default 15)")
+    parser.add_argument("--frame_gap", type=positive_int, default=10, help="frames between 'pre' and 'now' (default 10)")
     parser.add_argument("--difficulty", choices=("easy", "medium", "hard"), default="medium",
                         help="motion speed, noise and scale change (default medium)")
-    parser.add_argument("--seed", type=int, default=0, help="first scene seed (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="first scene seed (default 0)")
     return parser.parse_args(argv)
 
 
@@ -49,4 +50,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

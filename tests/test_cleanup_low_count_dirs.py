@@ -65,10 +65,15 @@ def test_execute_deletes_only_low_count_folders_inside_the_root(data_root, capsy
 
 
 def test_bad_roots_are_clear_errors(tmp_path, capsys, monkeypatch):
-    assert cleanup.main(["--data-root", str(tmp_path / "missing")]) == 2
+    def exit_code(argv):
+        with pytest.raises(SystemExit) as exit_info:
+            cleanup.run(cleanup.main, argv)
+        return exit_info.value.code
+
+    assert exit_code(["--data-root", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "file.txt").write_text("x")
-    assert cleanup.main(["--data-root", str(tmp_path / "file.txt")]) == 2
+    assert exit_code(["--data-root", str(tmp_path / "file.txt")]) == 2
     assert "not a directory" in capsys.readouterr().err
     monkeypatch.delenv(cleanup.DATA_ROOT_ENV, raising=False)
     with pytest.raises(SystemExit):

@@ -34,13 +34,21 @@ def test_checkpoint_round_trip_is_weights_only_and_atomic(tmp_path):
     assert loaded["classes"] == ["a", "ü"] and loaded["epoch"] == 4
 
 
+class ForeignObject:
+    pass
+
+
 def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="weights_only=True"):
+    with pytest.raises(ValueError, match="not a checkpoint file"):
         load_checkpoint(bad)
+    foreign = tmp_path / "b.pth"
+    torch.save({"sampler": ForeignObject()}, foreign)  # a pickled class: weights_only=True must refuse it
+    with pytest.raises(ValueError, match="objects that weights_only=True refuses"):
+        load_checkpoint(foreign)
 
 
 def test_rng_state_survives_a_checkpoint(tmp_path):

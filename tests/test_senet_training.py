@@ -10,6 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from myutils.cli import run
 from train_transformer3D.triplet.senet_trainer import NonFiniteLossError, load_trained_model
 from train_transformer3D.triplet.synthetic_faces import make_face_feature_data
 from train_transformer3D.triplet.train_senet_triplet import main, train_senet_triplet
@@ -136,7 +137,9 @@ def test_cli_help_and_clear_errors(repo_root, tmp_path, capsys):
                  "--gradient_accumulation_steps", "--use_amp", "--angle_threshold", "--save_interval", "--resume",
                  "--target_weight", "--identity_dims"]:
         assert flag in result.stdout
-    assert main(["--data_dir", str(tmp_path / "nowhere"), "--save_dir", str(tmp_path / "c")]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, ["--data_dir", str(tmp_path / "nowhere"), "--save_dir", str(tmp_path / "c")])
+    assert exit_info.value.code == 2
     assert "data directory not found" in capsys.readouterr().err
     with pytest.raises(TypeError, match="unknown options"):
         train_senet_triplet(data_dir=tmp_path, epoch=3)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from myutils.cli import InputError
 from myutils.data.image_io import is_image_file, read_image_rgb
 
 
@@ -35,7 +36,7 @@ def list_class_folders(root: str | os.PathLike) -> list[str]:
     root = require_data_root(root)
     classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
-        raise ValueError(f"no class folders found in {root} (expected root/<class_name>/<images>)")
+        raise InputError(f"no class folders found in {root} (expected root/<class_name>/<images>)")
     return classes
 
 
@@ -60,7 +61,7 @@ def scan_image_folder(
                 if is_image_file(filename):
                     records.append(ImageRecord(str(Path(dirpath) / filename), index[name]))
     if not records:
-        raise ValueError(f"no images found below {root}")
+        raise InputError(f"no images found below {root}")
     records.sort(key=lambda record: (record.label, record.path))
     return records, names
 
@@ -70,7 +71,7 @@ def split_per_class(
 ) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Hold out ``val_fraction`` of each class (at least one image, never a class's only image)."""
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
     rng = np.random.default_rng(seed)
     by_label: dict[int, list[ImageRecord]] = {}
     for record in records:

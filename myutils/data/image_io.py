@@ -8,6 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from myutils.cli import InputError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
@@ -39,5 +41,5 @@ def write_image_rgb(path: str | os.PathLike, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise ValueError(f"could not encode image for {path}")
+        raise InputError(f"could not encode image for {path}")
     encoded.tofile(str(path))

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from myutils.cli import InputError
+
 
 class MPerClassBatchSampler(Sampler[list[int]]):
     """Yields this rank's micro-batches (lists of dataset indices), epoch by epoch.
@@ -47,16 +49,16 @@ class MPerClassBatchSampler(Sampler[list[int]]):
         batches_per_epoch: int | None = None,
     ):
         if len(labels) == 0:
-            raise ValueError("cannot sample from an empty dataset")
+            raise InputError("cannot sample from an empty dataset")
         if batch_size < 1 or target_batch < 1:
-            raise ValueError(f"batch_size and target_batch must be positive, got {batch_size}, {target_batch}")
+            raise InputError(f"batch_size and target_batch must be positive, got {batch_size}, {target_batch}")
         if target_batch % (batch_size * num_replicas) != 0:
-            raise ValueError(
+            raise InputError(
                 f"target_batch ({target_batch}) must be a multiple of batch_size × world size "
                 f"({batch_size} × {num_replicas})"
             )
         if m_per_class < 0 or (m_per_class and target_batch % m_per_class != 0):
-            raise ValueError(f"target_batch ({target_batch}) must be a multiple of m_per_class ({m_per_class})")
+            raise InputError(f"target_batch ({target_batch}) must be a multiple of m_per_class ({m_per_class})")
         self.labels = np.asarray(labels)
         self.m_per_class = m_per_class
         self.batch_size = batch_size

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
+from myutils.cli import InputError
 from myutils.detection.letterbox import Letterbox, image_to_tensor, letterbox_image
 from myutils.detection.yolov7 import YOLOv7, num_classes_from_state_dict
 from myutils.detection.yolov7_checkpoint import load_yolov7_state_dict
@@ -131,7 +132,7 @@ class YOLOv7Detector:
 
     def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, Letterbox]:
         if image.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image, got dtype {image.dtype}")
+            raise InputError(f"expected an RGB uint8 image, got dtype {image.dtype}")
         padded, letterbox = letterbox_image(image, self.img_size)
         return image_to_tensor(padded).to(self.device), letterbox
 

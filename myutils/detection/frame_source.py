@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from myutils.cli import InputError
 from myutils.data.image_io import is_image_file, read_image_rgb
 
 
@@ -30,6 +31,18 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.name))
 
 
+def _probe_video(path: Path) -> int:
+    """The frame count of a video file (0 when the container does not say); an error when it is no video."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # our message replaces FFmpeg's "moov atom not found"
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened() or not capture.read()[0]:
+            raise InputError(f"cannot read {path} as a video (and it is not an image or an image folder)")
+        return max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+    finally:
+        capture.release()
+
+
 class FrameSource:
     """Iterate ``Frame`` objects of ``path``; ``step`` keeps every step-th frame."""
 
@@ -38,7 +51,7 @@ class FrameSource:
         if not self.path.exists():
             raise FileNotFoundError(f"frame source not found: {self.path}")
         if step < 1:
-            raise ValueError(f"step must be >= 1, got {step}")
+            raise InputError(f"step must be >= 1, got {step}")
         self.step = step
         self.skipped = 0
         if self.path.is_dir() and (self.path / "img1").is_dir():
@@ -46,19 +59,17 @@ class FrameSource:
         if self.path.is_dir():
             self.files = _image_files(self.path)
             if not self.files:
-                raise ValueError(f"no images in {self.path}")
+                raise InputError(f"no images in {self.path}")
         elif is_image_file(self.path):
             self.files = [self.path]
         else:
             self.files = None  # a video
+            self.video_frames = _probe_video(self.path)
 
     def __len__(self) -> int:
         if self.files is not None:
             return len(self.files[:: self.step])
-        capture = cv2.VideoCapture(str(self.path))
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        capture.release()
-        return (count + self.step - 1) // self.step
+        return (self.video_frames + self.step - 1) // self.step
 
     def __iter__(self) -> Iterator[Frame]:
         if self.files is not None:
@@ -73,8 +84,6 @@ class FrameSource:
                 yield Frame(number, str(file), image)
             return
         capture = cv2.VideoCapture(str(self.path))
-        if not capture.isOpened():
-            raise ValueError(f"cannot open {self.path} as a video (and it is not an image folder)")
         number = 0
         try:
             while True:

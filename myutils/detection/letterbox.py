@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import torch
 
+from myutils.cli import InputError
+
 PAD_VALUE = 114  # grey padding, as YOLOv7 is trained with
 
 
@@ -39,9 +41,9 @@ class Letterbox:
 def letterbox_image(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     """Resize an ``[H, W, 3]`` image to fit ``size x size`` keeping its aspect ratio, padding with grey."""
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+        raise InputError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
     if size <= 0 or size % 32:
-        raise ValueError(f"input size must be a positive multiple of 32 (the network stride), got {size}")
+        raise InputError(f"input size must be a positive multiple of 32 (the network stride), got {size}")
     height, width = image.shape[:2]
     scale = min(size / height, size / width)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from myutils.cli import InputError
+
 SPPCSPC_LAYER = 51
 DEFAULT_ANCHORS = ((12, 16, 19, 36, 40, 28), (36, 75, 76, 55, 72, 146), (142, 110, 192, 243, 459, 401))
 STRIDES = (8, 16, 32)
@@ -319,10 +321,10 @@ def num_classes_from_state_dict(state_dict: dict[str, torch.Tensor]) -> int:
     """The class count implied by the detection convs ``model.105.m.0.weight`` (na * (5 + nc) outputs)."""
     key = "model.105.m.0.weight"
     if key not in state_dict:
-        raise ValueError(f"not a YOLOv7 state dict: {key!r} is missing")
+        raise InputError(f"not a YOLOv7 state dict: {key!r} is missing")
     anchors = state_dict.get("model.105.anchors")
     num_anchors = anchors.shape[1] if anchors is not None else 3
     outputs = state_dict[key].shape[0]
     if outputs % num_anchors or outputs // num_anchors <= 5:
-        raise ValueError(f"{key} has {outputs} output channels, not a multiple of {num_anchors} anchors x (5 + nc)")
+        raise InputError(f"{key} has {outputs} output channels, not a multiple of {num_anchors} anchors x (5 + nc)")
     return outputs // num_anchors - 5

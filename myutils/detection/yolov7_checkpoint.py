@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from myutils.cli import InputError
+
 STORAGE_DTYPES = {
     "HalfStorage": torch.float16,
     "BFloat16Storage": torch.bfloat16,
@@ -98,10 +100,10 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+            raise InputError(f"unsupported persistent id {pid!r}")
         _, storage_type, key, _location, _numel = pid
         if not isinstance(storage_type, _StorageType):
-            raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
+            raise InputError(f"unsupported storage type {storage_type!r}")
         data = bytearray(self._read_record(str(key)))
         if not data:
             return torch.empty(0, dtype=storage_type.dtype)
@@ -114,7 +116,7 @@ def restricted_load(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"YOLOv7 weights not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise ValueError(
+        raise InputError(
             f"{path} is not a torch zip checkpoint (legacy pre-1.6 format or not a checkpoint); "
             "re-save it with a recent torch as a state dict"
         )
@@ -122,11 +124,11 @@ def restricted_load(path: str | os.PathLike) -> Any:
         names = archive.namelist()
         pickles = [name for name in names if name.endswith("data.pkl")]
         if len(pickles) != 1:
-            raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
+            raise InputError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
         prefix = pickles[0][: -len("data.pkl")]
         byteorder_name = prefix + "byteorder"
         if byteorder_name in names and archive.read(byteorder_name).decode().strip() != "little":
-            raise ValueError(f"{path}: big-endian checkpoints are not supported")
+            raise InputError(f"{path}: big-endian checkpoints are not supported")
         with archive.open(pickles[0]) as handle:
             return RestrictedUnpickler(handle, lambda key: archive.read(f"{prefix}data/{key}")).load()
 
@@ -171,4 +173,4 @@ def load_yolov7_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             continue
         if state_dict:
             return {key: value.clone() for key, value in state_dict.items()}
-    raise ValueError(f"{path}: no YOLOv7 model or state dict found (looked at 'ema', 'model', 'state_dict')")
+    raise InputError(f"{path}: no YOLOv7 model or state dict found (looked at 'ema', 'model', 'state_dict')")

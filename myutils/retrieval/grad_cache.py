@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from myutils.cli import InputError
 from myutils.training.distributed import all_gather_variable
 
 MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (images [b, V, C, H, W], labels [b])
@@ -93,7 +94,7 @@ def grad_cache_backward(
     Returns the loss value.
     """
     if not micro_batches:
-        raise ValueError("grad_cache_backward needs at least one micro-batch")
+        raise InputError("grad_cache_backward needs at least one micro-batch")
     device = micro_batches[0][0].device
     states, chunks = [], []
     with torch.no_grad(), preserved_batchnorm_buffers(encoder):
@@ -137,7 +138,7 @@ def accumulated_backward(
     Each micro-batch only contrasts against its own views; kept as the comparison baseline.
     """
     if not micro_batches:
-        raise ValueError("accumulated_backward needs at least one micro-batch")
+        raise InputError("accumulated_backward needs at least one micro-batch")
     total = 0.0
     for i, (images, labels) in enumerate(micro_batches):
         sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else no_sync()

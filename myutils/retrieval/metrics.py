@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
+from myutils.cli import InputError
+
 
 def top_k_search(
     queries: torch.Tensor, gallery: torch.Tensor, k: int, chunk_size: int = 4096
@@ -55,7 +57,7 @@ def retrieval_metrics(
     query_labels = query_labels.to(query.device)
     gallery_labels = gallery_labels.to(query.device)
     if queries_in_gallery and query.shape[0] != gallery.shape[0]:
-        raise ValueError("queries_in_gallery needs the queries to be the gallery (same length)")
+        raise InputError("queries_in_gallery needs the queries to be the gallery (same length)")
 
     sums = {"precision_at_1": 0.0, "mrr": 0.0, "r_precision": 0.0, "map_at_r": 0.0}
     sums.update({f"recall_at_{k}": 0.0 for k in recall_ks})

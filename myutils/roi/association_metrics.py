@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from myutils.cli import InputError
+
 RANK_METRICS = ("top1", "mean_rank", "mrr")
 
 
@@ -60,7 +62,7 @@ def association_metrics(
 def average_over_pairs(per_pair: Sequence[dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over pairs; NaN entries (pairs without valid queries) are skipped."""
     if not per_pair:
-        raise ValueError("no pairs to average")
+        raise InputError("no pairs to average")
     averaged = {}
     for key in per_pair[0]:
         values = [pair[key] for pair in per_pair if not math.isnan(pair[key])]

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from myutils.cli import InputError
 from myutils.training.checkpoint import load_checkpoint
 
 
@@ -123,7 +124,7 @@ class ROIEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"expected ROI features [B, {self.config.in_channels}, H, W], got {tuple(x.shape)}")
+            raise InputError(f"expected ROI features [B, {self.config.in_channels}, H, W], got {tuple(x.shape)}")
         pooled = self.rmb(x).mean(dim=(2, 3))
         return F.normalize(self.head(pooled).float(), dim=1)
 
@@ -137,7 +138,7 @@ def load_roi_encoder(checkpoint_path: str | os.PathLike, device: str | torch.dev
     """An :class:`ROIEncoder` in eval mode from a checkpoint written by ``main_train.py``."""
     checkpoint = load_checkpoint(checkpoint_path, map_location="cpu")
     if "encoder" not in checkpoint or "encoder_config" not in checkpoint:
-        raise ValueError(f"{checkpoint_path} is not an ROI encoder checkpoint (needs 'encoder' and 'encoder_config')")
+        raise InputError(f"{checkpoint_path} is not an ROI encoder checkpoint (needs 'encoder' and 'encoder_config')")
     encoder = ROIEncoder(ROIEncoderConfig(**checkpoint["encoder_config"]))
     encoder.load_state_dict(checkpoint["encoder"], strict=True)
     return encoder.to(device).eval()

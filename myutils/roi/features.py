@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision.ops import roi_align
 
+from myutils.cli import InputError
 from myutils.detection.letterbox import Letterbox
 
 ROI_OUTPUT_SIZE = 10
@@ -25,12 +26,12 @@ def roi_align_features(
     ``feature_map`` is ``[1, C, h, w]`` of one image (batch index 0 for every box).
     """
     if feature_map.ndim != 4 or feature_map.shape[0] != 1:
-        raise ValueError(f"feature_map must be [1, C, h, w] of one image, got {tuple(feature_map.shape)}")
+        raise InputError(f"feature_map must be [1, C, h, w] of one image, got {tuple(feature_map.shape)}")
     boxes = torch.as_tensor(boxes_xyxy_original, dtype=torch.float32, device=feature_map.device).reshape(-1, 4)
     if boxes.shape[0] == 0:
         return feature_map.new_zeros((0, feature_map.shape[1], output_size, output_size))
     if not torch.isfinite(boxes).all() or (boxes[:, 2:] < boxes[:, :2]).any():
-        raise ValueError("boxes must be finite xyxy with x2 >= x1 and y2 >= y1")
+        raise InputError("boxes must be finite xyxy with x2 >= x1 and y2 >= y1")
     spatial_scale = feature_map.shape[-1] / letterbox.input_width
     rois = torch.cat([boxes.new_zeros((boxes.shape[0], 1)), letterbox.to_input(boxes)], dim=1)
     return roi_align(

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from myutils.cli import InputError
 from myutils.training.log import write_json_atomic
 
 INDEX_NAME = "index.json"
@@ -33,7 +34,7 @@ class RoiShardWriter:
 
     def __init__(self, out_dir: str | os.PathLike, shard_size: int = 4096, metadata: dict | None = None):
         if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+            raise InputError(f"shard_size must be >= 1, got {shard_size}")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if (self.out_dir / INDEX_NAME).exists():
@@ -50,14 +51,14 @@ class RoiShardWriter:
         """ROIs of one image: ``features [N, C, S, S]``, ``boxes [N, 4]``, ``scores [N]``, ``identities [N]``."""
         n = features.shape[0]
         if not (boxes.shape == (n, 4) and scores.shape == (n,)):
-            raise ValueError(f"{image_name}: features, boxes and scores disagree on the ROI count")
+            raise InputError(f"{image_name}: features, boxes and scores disagree on the ROI count")
         image_id = len(self.images)
         self.images.append(str(image_name))
         if n == 0:
             return
         half = features.detach().to("cpu", FEATURE_DTYPE)
         if not torch.isfinite(half).all():
-            raise ValueError(f"{image_name}: ROI features overflow float16")
+            raise InputError(f"{image_name}: ROI features overflow float16")
         identities = torch.full((n,), -1) if identities is None else torch.as_tensor(identities).reshape(n)
         self._pending["features"].append(half)
         self._pending["boxes"].append(boxes.detach().cpu().float())
@@ -94,7 +95,7 @@ def read_roi_index(root: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"no ROI feature index at {path} (run scripts/extract_roi_features.py first)")
     index = json.loads(path.read_text(encoding="utf-8"))
     if index.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown format {index.get('format')!r}, expected {FORMAT!r}")
+        raise InputError(f"{path}: unknown format {index.get('format')!r}, expected {FORMAT!r}")
     return index
 
 
@@ -125,7 +126,7 @@ class RoiFeatureDataset(Dataset):
                 self.locations += [(path, int(row)) for row in keep]
                 self.image_names += [index["images"][int(i)] for i in image_ids]
         if not self.locations:
-            raise ValueError(f"no ROIs with confidence >= {min_confidence} in {', '.join(map(str, roots))}")
+            raise InputError(f"no ROIs with confidence >= {min_confidence} in {', '.join(map(str, roots))}")
         self.boxes = torch.cat(boxes)
         self.scores = torch.cat(scores)
         self.identities = torch.cat(identities)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from myutils.cli import InputError
 from myutils.data.image_io import is_image_file
 
 LABEL_DIR_NAMES = ("lable", "label")  # the seed's spelling first
@@ -59,7 +60,7 @@ def list_validation_pairs(root: str | os.PathLike) -> list[ValidationPair]:
     labels = {role: {p.stem: p for p in label_dir(root / role).glob("*.json")} for role in ("now", "pre")}
     keys = set(images["now"]) & set(images["pre"]) & set(labels["now"]) & set(labels["pre"])
     if not keys:
-        raise ValueError(f"no complete validation pairs in {root}")
+        raise InputError(f"no complete validation pairs in {root}")
     return [
         ValidationPair(k, images["now"][k], labels["now"][k], images["pre"][k], labels["pre"][k])
         for k in sorted(keys, key=_sort_key)
@@ -75,7 +76,7 @@ def read_frame_labels(path: str | os.PathLike) -> FrameLabels:
         ids = [int(a["id"]) for a in annotations]
         boxes = [[float(a["bbox"][k]) for k in ("cx", "cy", "w", "h")] for a in annotations]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path}: malformed label file ({error!r}); expected annotations with id and bbox cx/cy/w/h") from error
+        raise InputError(f"{path}: malformed label file ({error!r}); expected annotations with id and bbox cx/cy/w/h") from error
     return FrameLabels(np.asarray(ids, dtype=np.int64), np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from myutils.cli import InputError
 from myutils.data.image_io import write_image_rgb
 
 
@@ -53,13 +54,13 @@ def _pattern_mask(pattern: str, size: int, rng: np.random.Generator) -> np.ndarr
         return dx**2 + dy**2 < (period * 0.3) ** 2
     if pattern == "checks":
         return (np.floor((x + phase_x) / period) + np.floor((y + phase_y) / period)) % 2 == 0
-    raise ValueError(f"unknown pattern {pattern!r}; choose from {PATTERNS}")
+    raise InputError(f"unknown pattern {pattern!r}; choose from {PATTERNS}")
 
 
 def render_garment(shape: str, pattern: str, rng: np.random.Generator, img_size: int = 64) -> np.ndarray:
     """One RGB uint8 image ``[img_size, img_size, 3]`` of ``shape`` filled with ``pattern``."""
     if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; choose from {sorted(SHAPES)}")
+        raise InputError(f"unknown shape {shape!r}; choose from {sorted(SHAPES)}")
     scale = 2  # draw at twice the size, then downsample: smooth edges
     size = img_size * scale
     outline = np.asarray(SHAPES[shape], dtype=np.float32) - 0.5
@@ -92,7 +93,7 @@ def generate_garment_dataset(
 ) -> list[str]:
     """Write ``root/<shape>_<pattern>/NNNN.png`` for every class; returns the class names."""
     if images_per_class < 1:
-        raise ValueError(f"images_per_class must be positive, got {images_per_class}")
+        raise InputError(f"images_per_class must be positive, got {images_per_class}")
     rng = np.random.default_rng(seed)
     names = garment_class_names(shapes, patterns)
     for name in names:

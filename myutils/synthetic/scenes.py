@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from myutils.cli import InputError
 from myutils.data.image_io import write_image_rgb
 from myutils.tracking.mot_io import write_mot
 
@@ -180,11 +181,11 @@ def generate_scene(num_frames: int = 150, num_objects: int = 6, width: int = 640
                    seed: int = 0, difficulty: str = "medium") -> Scene:
     """A deterministic scene of ``num_objects`` identities (ids 1..num_objects) over ``num_frames`` frames."""
     if difficulty not in DIFFICULTY:
-        raise ValueError(f"difficulty must be one of {sorted(DIFFICULTY)}, got {difficulty!r}")
+        raise InputError(f"difficulty must be one of {sorted(DIFFICULTY)}, got {difficulty!r}")
     if num_frames < 1 or num_objects < 1:
-        raise ValueError(f"need num_frames >= 1 and num_objects >= 1, got {num_frames} and {num_objects}")
+        raise InputError(f"need num_frames >= 1 and num_objects >= 1, got {num_frames} and {num_objects}")
     if width < 64 or height < 64:
-        raise ValueError(f"scene must be at least 64x64 pixels, got {width}x{height}")
+        raise InputError(f"scene must be at least 64x64 pixels, got {width}x{height}")
     rng = np.random.default_rng(seed)
     params = DIFFICULTY[difficulty]
     background = _background(width, height, rng)
@@ -247,7 +248,7 @@ def _ground_truth(scene: Scene) -> np.ndarray:
 def render_frame(scene: Scene, frame: int) -> np.ndarray:
     """The RGB uint8 image ``[height, width, 3]`` of ``frame`` (numbered from 1)."""
     if not 1 <= frame <= scene.num_frames:
-        raise ValueError(f"frame must be in [1, {scene.num_frames}], got {frame}")
+        raise InputError(f"frame must be in [1, {scene.num_frames}], got {frame}")
     params = DIFFICULTY[scene.difficulty]
     image = scene.background.astype(np.float32)
     for placement in place_objects(scene, frame):
@@ -296,9 +297,9 @@ def write_validation_pairs(scene: Scene, out_dir: str | os.PathLike, num_pairs: 
     visible are left unlabelled (as an annotator would).
     """
     if not 1 <= frame_gap < scene.num_frames:
-        raise ValueError(f"frame_gap must be in [1, {scene.num_frames - 1}], got {frame_gap}")
+        raise InputError(f"frame_gap must be in [1, {scene.num_frames - 1}], got {frame_gap}")
     if num_pairs < 1:
-        raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
+        raise InputError(f"num_pairs must be >= 1, got {num_pairs}")
     out_dir = Path(out_dir)
     pre_frames = np.linspace(1, scene.num_frames - frame_gap, num_pairs).round().astype(int)
     for k, pre in enumerate(pre_frames):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from myutils.cli import InputError
+
 DIFFICULTY_LEVELS = {
     # jitter: box noise std as a fraction of w/h; miss_rate: independent misses;
     # run_rate/run_length: chance per object and frame to start a run of missed frames and its length range;
@@ -66,7 +68,7 @@ def simulate_detections(
 ) -> SimulatedDetections:
     """Detections for every frame of ``ground_truth`` (MOT gt rows with visibility in column 8)."""
     if difficulty not in DIFFICULTY_LEVELS:
-        raise ValueError(f"difficulty must be one of {sorted(DIFFICULTY_LEVELS)}, got {difficulty!r}")
+        raise InputError(f"difficulty must be one of {sorted(DIFFICULTY_LEVELS)}, got {difficulty!r}")
     params = DIFFICULTY_LEVELS[difficulty]
     rng = np.random.default_rng(seed)
     ground_truth = np.asarray(ground_truth, dtype=np.float64)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from myutils.cli import InputError
+
 MOT_COLUMNS = 10
 
 
@@ -31,9 +33,9 @@ def read_mot(path: str | os.PathLike) -> np.ndarray:
         try:
             values = [float(value) for value in line.replace(";", ",").split(",") if value.strip() != ""]
         except ValueError as error:
-            raise ValueError(f"{path}:{line_number}: not a number in MOT row {line!r}") from error
+            raise InputError(f"{path}:{line_number}: not a number in MOT row {line!r}") from error
         if len(values) < 6:
-            raise ValueError(f"{path}:{line_number}: MOT rows need at least 6 values, got {len(values)}")
+            raise InputError(f"{path}:{line_number}: MOT rows need at least 6 values, got {len(values)}")
         rows.append((values + [-1.0] * MOT_COLUMNS)[:MOT_COLUMNS])
     return np.asarray(rows, dtype=np.float64).reshape(-1, MOT_COLUMNS)
 

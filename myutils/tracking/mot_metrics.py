@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from myutils.cli import InputError
 from myutils.tracking.association import linear_assignment
 from myutils.tracking.boxes import iou_matrix, tlwh_to_xyxy
 from myutils.tracking.mot_io import rows_by_frame
@@ -82,7 +83,7 @@ def evaluate_mot(
         object_ids, hypothesis_ids = objects[:, 1].astype(int), hypotheses[:, 1].astype(int)
         for ids, kind in ((object_ids, "ground-truth"), (hypothesis_ids, "result")):
             if len(np.unique(ids)) != len(ids):
-                raise ValueError(f"frame {frame}: duplicate {kind} ids {sorted(ids.tolist())}")
+                raise InputError(f"frame {frame}: duplicate {kind} ids {sorted(ids.tolist())}")
         iou = iou_matrix(tlwh_to_xyxy(objects[:, 2:6]), tlwh_to_xyxy(hypotheses[:, 2:6]))
         valid = iou >= iou_threshold
         rows, cols = np.nonzero(valid)

@@ -30,6 +30,7 @@ from enum import Enum
 
 import numpy as np
 
+from myutils.cli import InputError
 from myutils.tracking.association import appearance_distance, fuse_costs, linear_assignment, normalize_rows
 from myutils.tracking.boxes import iou_matrix, tlwh_to_xyxy, xyah_to_xyxy, xyxy_to_tlwh, xyxy_to_xyah
 from myutils.tracking.kalman_filter import KalmanBoxFilter, chi2_gate
@@ -86,17 +87,17 @@ class TrackerConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low_score <= self.high_score <= 1.0:
-            raise ValueError(
+            raise InputError(
                 f"need 0 <= low_score <= high_score <= 1, got {self.low_score} and {self.high_score}"
             )
         if self.n_init < 1 or self.max_age < 1 or self.bank_size < 1 or self.bank_top_k < 1:
-            raise ValueError("n_init, max_age, bank_size and bank_top_k must be >= 1")
+            raise InputError("n_init, max_age, bank_size and bank_top_k must be >= 1")
         if self.position_noise <= 0 or self.velocity_noise <= 0:
-            raise ValueError("position_noise and velocity_noise must be > 0")
+            raise InputError("position_noise and velocity_noise must be > 0")
         if not 0.0 < self.gate_probability < 1.0:
-            raise ValueError(f"gate_probability must be in (0, 1), got {self.gate_probability}")
+            raise InputError(f"gate_probability must be in (0, 1), got {self.gate_probability}")
         if not 0.0 <= self.appearance_weight <= 1.0 or not 0.0 <= self.ema_momentum < 1.0:
-            raise ValueError("appearance_weight must be in [0, 1] and ema_momentum in [0, 1)")
+            raise InputError("appearance_weight must be in [0, 1] and ema_momentum in [0, 1)")
 
     @classmethod
     def field_help(cls) -> dict[str, str]:
@@ -213,13 +214,13 @@ class Tracker:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if len(scores) != len(boxes):
-            raise ValueError(f"got {len(boxes)} boxes but {len(scores)} scores")
+            raise InputError(f"got {len(boxes)} boxes but {len(scores)} scores")
         if np.any(boxes[:, 2] <= boxes[:, 0]) or np.any(boxes[:, 3] <= boxes[:, 1]):
-            raise ValueError("boxes must be xyxy with right > left and bottom > top")
+            raise InputError("boxes must be xyxy with right > left and bottom > top")
         if embeddings is not None:
             embeddings = np.asarray(embeddings, dtype=np.float64)
             if embeddings.ndim != 2 or len(embeddings) != len(boxes):
-                raise ValueError(f"embeddings must be [{len(boxes)}, D], got shape {embeddings.shape}")
+                raise InputError(f"embeddings must be [{len(boxes)}, D], got shape {embeddings.shape}")
             embeddings = normalize_rows(embeddings)
         return boxes, scores, embeddings
 
@@ -344,7 +345,7 @@ def track_detections(
     :class:`Tracker`; ``embeddings[i]`` belongs to ``detection_rows[i]``. Returns MOT result rows."""
     detection_rows = np.asarray(detection_rows, dtype=np.float64).reshape(-1, np.shape(detection_rows)[-1])
     if embeddings is not None and len(embeddings) != len(detection_rows):
-        raise ValueError(f"got {len(embeddings)} embeddings for {len(detection_rows)} detections")
+        raise InputError(f"got {len(embeddings)} embeddings for {len(detection_rows)} detections")
     frames = detection_rows[:, 0].astype(int)
     last_frame = num_frames or (int(frames.max()) if len(frames) else 0)
     order = np.argsort(frames, kind="stable")

@@ -7,11 +7,15 @@ Everything we save is tensors and plain Python data, so every file loads with
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from myutils.cli import InputError
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -39,10 +43,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path} is not a checkpoint file (not a torch zip archive; truncated, or another format?)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError or RuntimeError depending on the damage
-        raise ValueError(
-            f"could not load checkpoint {path} with weights_only=True "
-            f"(truncated, or not written by this project?): {error}"
+    except pickle.UnpicklingError as error:
+        raise InputError(
+            f"{path} holds objects that weights_only=True refuses (not written by this project?): "
+            f"{_first_line(error)}"
         ) from error
+    except Exception as error:  # torch raises RuntimeError and others for damaged archives
+        raise InputError(f"could not read checkpoint {path} (truncated or damaged?): {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -7,6 +7,8 @@ import warnings
 
 import torch
 
+from myutils.cli import InputError
+
 
 def resolve_device(name: str | None = None) -> torch.device:
     """``None``/"auto" picks CUDA when present; an unavailable CUDA request is a clear error."""
@@ -14,7 +16,7 @@ def resolve_device(name: str | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name} was requested but CUDA is not available on this machine")
+        raise InputError(f"--device {name} was requested but CUDA is not available on this machine")
     return device
 
 

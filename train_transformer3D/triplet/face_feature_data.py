@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from myutils.cli import InputError
 from myutils.training.log import write_json_atomic
 
 FEATURE_FILES = {"front": "front_feature.npy", "video": "video_feature.npy"}
@@ -55,10 +56,10 @@ def _read_features(path: Path) -> np.ndarray:
         raise FileNotFoundError(f"missing data file: {path}")
     array = np.load(path, allow_pickle=False)
     if array.ndim != 2:
-        raise ValueError(f"{path} must hold a 2-D [num_samples, feature_dim] array, got shape {array.shape}")
+        raise InputError(f"{path} must hold a 2-D [num_samples, feature_dim] array, got shape {array.shape}")
     bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
     if bad_rows.size:
-        raise ValueError(f"{path} has NaN/Inf in {bad_rows.size} rows (first: row {bad_rows[0]})")
+        raise InputError(f"{path} has NaN/Inf in {bad_rows.size} rows (first: row {bad_rows[0]})")
     return array.astype(np.float32, copy=False)
 
 
@@ -68,21 +69,21 @@ def _read_metadata(path: Path, num_rows: int, need_poses: bool) -> tuple[list[st
     data = json.loads(path.read_text(encoding="utf-8"))
     entries = data.get("metadata") if isinstance(data, dict) else None
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: missing field 'metadata' (a list with one entry per feature row)")
+        raise InputError(f"{path}: missing field 'metadata' (a list with one entry per feature row)")
     if len(entries) != num_rows:
-        raise ValueError(f"{path}: 'metadata' has {len(entries)} entries but the feature file has {num_rows} rows")
+        raise InputError(f"{path}: 'metadata' has {len(entries)} entries but the feature file has {num_rows} rows")
     names = []
     for row, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("person_name"), str):
-            raise ValueError(f"{path}: metadata[{row}] has no string field 'person_name'")
+            raise InputError(f"{path}: metadata[{row}] has no string field 'person_name'")
         names.append(entry["person_name"])
     if not need_poses:
         return names, None
     if "poses" not in data:
-        raise ValueError(f"{path}: missing field 'poses' ([yaw, pitch, roll] in degrees per feature row)")
+        raise InputError(f"{path}: missing field 'poses' ([yaw, pitch, roll] in degrees per feature row)")
     poses = np.asarray(data["poses"], dtype=np.float32)
     if poses.ndim != 2 or poses.shape[0] != num_rows or not np.isfinite(poses).all():
-        raise ValueError(f"{path}: 'poses' must be {num_rows} finite rows of angles, got shape {poses.shape}")
+        raise InputError(f"{path}: 'poses' must be {num_rows} finite rows of angles, got shape {poses.shape}")
     return names, poses
 
 
@@ -94,7 +95,7 @@ def load_face_feature_folder(data_dir: str | os.PathLike) -> FaceFeatureFolder:
     front = _read_features(data_dir / FEATURE_FILES["front"])
     video = _read_features(data_dir / FEATURE_FILES["video"])
     if front.shape[1] != video.shape[1]:
-        raise ValueError(f"feature dimensions differ: front {front.shape[1]}, video {video.shape[1]}")
+        raise InputError(f"feature dimensions differ: front {front.shape[1]}, video {video.shape[1]}")
     front_names, _ = _read_metadata(data_dir / METADATA_FILES["front"], len(front), need_poses=False)
     video_names, video_poses = _read_metadata(data_dir / METADATA_FILES["video"], len(video), need_poses=True)
 
@@ -103,7 +104,7 @@ def load_face_feature_folder(data_dir: str | os.PathLike) -> FaceFeatureFolder:
     if unpaired:
         print(f"Skipping {len(unpaired)} persons with only frontal or only video features (e.g. {unpaired[0]!r})")
     if not persons:
-        raise ValueError(f"{data_dir}: no person has both frontal and video features")
+        raise InputError(f"{data_dir}: no person has both frontal and video features")
     index = {name: i for i, name in enumerate(persons)}
     front_keep = np.array([name in index for name in front_names])
     video_keep = np.array([name in index for name in video_names])
@@ -139,9 +140,9 @@ def split_persons(
 ) -> tuple[list[int], list[int], list[int]]:
     """Shuffle person indices with ``seed`` and cut them into train / val / test (each non-empty)."""
     if len(ratios) != 3 or abs(sum(ratios) - 1.0) > 1e-6 or min(ratios) <= 0:
-        raise ValueError(f"split ratios must be three positive numbers summing to 1, got {list(ratios)}")
+        raise InputError(f"split ratios must be three positive numbers summing to 1, got {list(ratios)}")
     if num_persons < 3:
-        raise ValueError(f"need at least 3 persons to split into train / val / test, got {num_persons}")
+        raise InputError(f"need at least 3 persons to split into train / val / test, got {num_persons}")
     order = list(range(num_persons))
     random.Random(seed).shuffle(order)
     n_train = min(max(1, round(ratios[0] * num_persons)), num_persons - 2)
@@ -196,7 +197,7 @@ class PersonBatchSampler(Sampler[list[int]]):
 
     def __init__(self, labels: Sequence[int], batch_size: int, samples_per_person: int = 4, seed: int = 0):
         if samples_per_person < 2 or batch_size < 2 * samples_per_person:
-            raise ValueError(
+            raise InputError(
                 f"need samples_per_person >= 2 and batch_size >= 2 * samples_per_person for triplets "
                 f"(got batch_size={batch_size}, samples_per_person={samples_per_person})"
             )

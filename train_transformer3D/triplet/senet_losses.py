@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from myutils.cli import InputError
+
 LARGE_POSE_GAP = 45.0  # degrees: a positive this far away in pose gets weight alpha
 SMALL_POSE_GAP = 15.0  # degrees: a negative this close in pose gets weight beta
 TARGET_LOSSES = ("cosine", "mse")
@@ -100,7 +102,7 @@ def target_alignment_loss(front_features: torch.Tensor, target: torch.Tensor, ki
         return 1.0 - F.cosine_similarity(front_features.float(), target.float(), dim=1).mean()
     if kind == "mse":  # summed over dimensions: a per-element mean would shrink the gradient by 1/dim
         return (front_features.float() - target.float()).pow(2).sum(dim=1).mean()
-    raise ValueError(f"unknown target loss {kind!r}; choose one of {TARGET_LOSSES}")
+    raise InputError(f"unknown target loss {kind!r}; choose one of {TARGET_LOSSES}")
 
 
 class SENetObjective(nn.Module):
@@ -119,7 +121,7 @@ class SENetObjective(nn.Module):
     ):
         super().__init__()
         if target_loss not in TARGET_LOSSES:
-            raise ValueError(f"unknown target loss {target_loss!r}; choose one of {TARGET_LOSSES}")
+            raise InputError(f"unknown target loss {target_loss!r}; choose one of {TARGET_LOSSES}")
         self.triplet = AngleAwareTripletLoss(margin, alpha, beta, angle_threshold)
         self.register_buffer("identity_dims", torch.as_tensor(list(identity_dims), dtype=torch.long))
         self.identity_preserve_weight = identity_preserve_weight

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from myutils.cli import InputError
+
 # Euler angles arrive in degrees (up to ±90); scaling them to about ±1 keeps them from
 # swamping the ~0.04-per-dimension values of an L2-normalised 512-d feature in the first layer.
 DEFAULT_POSE_SCALE = 1.0 / 90.0
@@ -63,7 +65,7 @@ class DualBranchSE(nn.Module):
     ):
         super().__init__()
         if not 0.0 < fusion_alpha < 1.0:
-            raise ValueError(
+            raise InputError(
                 f"fusion_alpha must be strictly between 0 and 1 (got {fusion_alpha}): "
                 "it is sigmoid(logit), which never reaches 0 or 1"
             )
@@ -105,7 +107,7 @@ class SENetTripletNetwork(nn.Module):
         for name, value in [("image_dim", image_dim), ("pose_dim", pose_dim), ("hidden_dim", hidden_dim),
                             ("num_layers", num_layers), ("se_reduction", se_reduction)]:
             if value < 1:
-                raise ValueError(f"{name} must be >= 1 (got {value})")
+                raise InputError(f"{name} must be >= 1 (got {value})")
         self.config = {
             "image_dim": image_dim, "pose_dim": pose_dim, "hidden_dim": hidden_dim, "num_layers": num_layers,
             "se_reduction": se_reduction, "fusion_alpha": fusion_alpha, "use_batch_stat": use_batch_stat,
@@ -128,7 +130,7 @@ class SENetTripletNetwork(nn.Module):
 
     def forward(self, src: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if src.shape[-1] != self.config["image_dim"] or pose.shape[-1] != self.config["pose_dim"]:
-            raise ValueError(
+            raise InputError(
                 f"expected src [B, {self.config['image_dim']}] and pose [B, {self.config['pose_dim']}], "
                 f"got {tuple(src.shape)} and {tuple(pose.shape)}"
             )

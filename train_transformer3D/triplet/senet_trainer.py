@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from myutils.cli import InputError, TrainingError
 from myutils.retrieval.metrics import retrieval_metrics
 from myutils.training.checkpoint import load_checkpoint, save_checkpoint
 from myutils.training.log import TrainingLog, plot_curves, write_json_atomic
@@ -46,7 +47,7 @@ CURVE_PANELS = {
 }
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingError):
     """The loss or the gradient became NaN/Inf; the message names the epoch and step."""
 
 
@@ -72,7 +73,7 @@ def resolve_identity_dims(args: Namespace, train_set: FacePairDataset) -> list[i
         dims = [int(d) for d in str(args.identity_dims).split(",") if d.strip()]
         bad = [d for d in dims if not 0 <= d < args.image_dim]
         if bad:
-            raise ValueError(f"--identity_dims {bad} outside [0, {args.image_dim})")
+            raise InputError(f"--identity_dims {bad} outside [0, {args.image_dim})")
         print(f"Identity dimensions (from --identity_dims): {dims}")
         return dims
     dims, correlation = rank_identity_dimensions(*train_set.pair_arrays(), args.num_identity_dims)
@@ -224,7 +225,7 @@ def _restore(path, model, optimizer, scheduler, scaler, args, device) -> dict:
     state = load_checkpoint(path, map_location=device)
     if state["model_config"] != model.config:
         changed = {k: (state["model_config"].get(k), v) for k, v in model.config.items() if state["model_config"].get(k) != v}
-        raise ValueError(f"--resume {path}: model options differ from the checkpoint (saved, given): {changed}")
+        raise InputError(f"--resume {path}: model options differ from the checkpoint (saved, given): {changed}")
     model.load_state_dict(state["model_state_dict"])
     optimizer.load_state_dict(state["optimizer_state_dict"])
     scheduler.load_state_dict(state["scheduler_state_dict"])
@@ -272,7 +273,7 @@ def load_splits(args: Namespace) -> tuple[dict[str, list[int]], dict[str, FacePa
     """Person indices and pair datasets of the train / val / test split of ``--data_dir`` (printed)."""
     folder = load_face_feature_folder(args.data_dir)
     if folder.feature_dim != args.image_dim or folder.pose_dim != args.pose_dim:
-        raise ValueError(
+        raise InputError(
             f"{args.data_dir} holds {folder.feature_dim}-d features and {folder.pose_dim}-d poses; "
             f"pass --image_dim {folder.feature_dim} --pose_dim {folder.pose_dim}"
         )
@@ -313,7 +314,7 @@ def evaluate_test_split(model, save_dir: Path, dataset: FacePairDataset, best: d
 def train(args: Namespace) -> dict:
     """Train, validate and save as ``train_senet_triplet.py`` does; returns a summary of the run."""
     if args.gradient_accumulation_steps < 1 or args.save_interval < 1 or args.epochs < 1:
-        raise ValueError("--epochs, --save_interval and --gradient_accumulation_steps must be >= 1")
+        raise InputError("--epochs, --save_interval and --gradient_accumulation_steps must be >= 1")
     device = resolve_device(args.device)
     print(f"Device: {device}")
     seed_everything(args.seed)

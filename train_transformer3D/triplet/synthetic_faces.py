@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from myutils.cli import InputError
 from train_transformer3D.triplet.face_feature_data import (
     FEATURE_FILES,
     METADATA_FILES,
@@ -38,7 +39,7 @@ class PoseDistortion:
         rng: np.random.Generator,
     ):
         if not 0 <= num_identity_dims < feature_dim - 2 * rank:
-            raise ValueError(
+            raise InputError(
                 f"need 0 <= num_identity_dims < feature_dim - 2 * pose_rank, got {num_identity_dims}, "
                 f"{feature_dim}, {rank}"
             )
@@ -76,7 +77,7 @@ def generate_face_features(
 ) -> dict:
     """Features, poses and metadata of generated persons (see module docstring); nothing is written."""
     if min(num_persons, fronts_per_person, frames_per_person) < 1:
-        raise ValueError("num_persons, fronts_per_person and frames_per_person must be >= 1")
+        raise InputError("num_persons, fronts_per_person and frames_per_person must be >= 1")
     rng = np.random.default_rng(seed)
     distortion = PoseDistortion(feature_dim, num_identity_dims, pose_rank, strength, offset, rng)
     identities = rng.standard_normal((num_persons, feature_dim))

@@ -17,8 +17,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from myutils.cli import non_negative_float, non_negative_int, positive_float, positive_int, run, unit_float  # noqa: E402
 from train_transformer3D.triplet.senet_losses import TARGET_LOSSES  # noqa: E402
-from train_transformer3D.triplet.senet_trainer import NonFiniteLossError, train  # noqa: E402
+from train_transformer3D.triplet.senet_trainer import train  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,55 +29,55 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--data_dir", required=True,
                       help="folder with front_feature.npy, front_metadata.json, video_feature.npy, video_metadata.json")
-    data.add_argument("--batch_size", type=int, default=32, help="samples per batch")
-    data.add_argument("--samples_per_person", type=int, default=4,
+    data.add_argument("--batch_size", type=positive_int, default=32, help="samples per batch")
+    data.add_argument("--samples_per_person", type=positive_int, default=4,
                       help="samples of one person in a batch (triplets need positives in the batch)")
-    data.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
-    data.add_argument("--split_seed", type=int, default=42, help="seed of the 0.6/0.3/0.1 split by person")
+    data.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes")
+    data.add_argument("--split_seed", type=non_negative_int, default=42, help="seed of the 0.6/0.3/0.1 split by person")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--image_dim", type=int, default=512, help="face feature dimension (InsightFace: 512)")
-    model.add_argument("--pose_dim", type=int, default=3, help="pose dimension (Euler angles in degrees: 3)")
-    model.add_argument("--hidden_dim", type=int, default=1024, help="width of the hidden layers")
-    model.add_argument("--num_layers", type=int, default=3, help="fully connected blocks before the SE branches (>= 1)")
-    model.add_argument("--se_reduction", type=int, default=16, help="SE block reduction ratio (8-32)")
-    model.add_argument("--fusion_alpha", type=float, default=0.7,
+    model.add_argument("--image_dim", type=positive_int, default=512, help="face feature dimension (InsightFace: 512)")
+    model.add_argument("--pose_dim", type=positive_int, default=3, help="pose dimension (Euler angles in degrees: 3)")
+    model.add_argument("--hidden_dim", type=positive_int, default=1024, help="width of the hidden layers")
+    model.add_argument("--num_layers", type=positive_int, default=3, help="fully connected blocks before the SE branches (>= 1)")
+    model.add_argument("--se_reduction", type=positive_int, default=16, help="SE block reduction ratio (8-32)")
+    model.add_argument("--fusion_alpha", type=unit_float, default=0.7,
                        help="initial identity-branch weight α, strictly between 0 and 1 (learnable)")
     model.add_argument("--use_batch_stat", action="store_true",
                        help="SE gates from the batch mean instead of each sample")
 
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, default=100, help="number of epochs")
-    training.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (cosine decay to 1%%)")
-    training.add_argument("--weight_decay", type=float, default=1e-5, help="AdamW weight decay")
-    training.add_argument("--identity_preserve_weight", type=float, default=0.3,
+    training.add_argument("--epochs", type=positive_int, default=100, help="number of epochs")
+    training.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW learning rate (cosine decay to 1%%)")
+    training.add_argument("--weight_decay", type=non_negative_float, default=1e-5, help="AdamW weight decay")
+    training.add_argument("--identity_preserve_weight", type=non_negative_float, default=0.3,
                           help="weight of the MSE between mapped and input feature on the identity dimensions")
     training.add_argument("--identity_dims", default=None,
                           help="comma-separated identity dimensions; default: computed from the training split")
-    training.add_argument("--num_identity_dims", type=int, default=20,
+    training.add_argument("--num_identity_dims", type=positive_int, default=20,
                           help="how many identity dimensions to compute when --identity_dims is not given")
-    training.add_argument("--target_weight", type=float, default=1.0,
+    training.add_argument("--target_weight", type=non_negative_float, default=1.0,
                           help="weight of the loss between front_features and the frontal feature (0: the seed's objective)")
     training.add_argument("--target_loss", choices=TARGET_LOSSES, default="cosine", help="frontal target loss")
-    training.add_argument("--gradient_accumulation_steps", type=int, default=1,
+    training.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
                           help="batches per optimizer step (gradient clipping at max_norm 1.0 is built in)")
     training.add_argument("--use_amp", action="store_true",
                           help="mixed precision: fp16 with gradient scaling (or bf16) on CUDA, bf16 on CPU")
     training.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    training.add_argument("--seed", type=int, default=42, help="seed of initialisation, dropout and batch order")
+    training.add_argument("--seed", type=non_negative_int, default=42, help="seed of initialisation, dropout and batch order")
 
     triplet = parser.add_argument_group("angle-aware triplet loss")
-    triplet.add_argument("--margin", type=float, default=0.3, help="triplet margin")
-    triplet.add_argument("--alpha", type=float, default=2.0, help="weight of positives more than 45° away in pose")
-    triplet.add_argument("--beta", type=float, default=1.0, help="weight of negatives less than 15° away in pose")
-    triplet.add_argument("--angle_threshold", type=float, default=30.0,
+    triplet.add_argument("--margin", type=positive_float, default=0.3, help="triplet margin")
+    triplet.add_argument("--alpha", type=non_negative_float, default=2.0, help="weight of positives more than 45° away in pose")
+    triplet.add_argument("--beta", type=non_negative_float, default=1.0, help="weight of negatives less than 15° away in pose")
+    triplet.add_argument("--angle_threshold", type=non_negative_float, default=30.0,
                          help="negatives are mined among other persons closer than this in pose (degrees)")
 
     other = parser.add_argument_group("other")
     other.add_argument("--save_dir", default="checkpoints_senet", help="folder of checkpoints, history and plots")
     other.add_argument("--log_dir", default="logs_senet", help="TensorBoard log folder")
     other.add_argument("--resume", default=None, help="checkpoint to continue training from")
-    other.add_argument("--save_interval", type=int, default=10,
+    other.add_argument("--save_interval", type=positive_int, default=10,
                        help="write checkpoint_epoch_N.pth and training_curves_epoch_N.png every N epochs")
     return parser
 
@@ -94,13 +95,9 @@ def train_senet_triplet(**options) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        train(args)
-    except (NonFiniteLossError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    train(args)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)
