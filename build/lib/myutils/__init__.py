@@ -1,0 +1,1 @@
+"""Shared library code of Ascension; each module has one subject."""

@@ -1,0 +1,1 @@
+"""Image files and class-folder datasets: reading, splitting, class-balanced sampling."""

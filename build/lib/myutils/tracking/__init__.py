@@ -1,0 +1,1 @@
+"""The multi-object tracker: boxes, Kalman filter, association, the tracker, MOTChallenge files and metrics."""

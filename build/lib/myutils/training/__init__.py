@@ -1,0 +1,1 @@
+"""Training machinery shared by every trainer: checkpoints, seeding, schedules, mixed precision, torchrun, logs."""

@@ -1,0 +1,61 @@
+"""Checkpoints written atomically and read back without unpickling code.
+
+Everything we save is tensors and plain Python data, so every file loads with
+``torch.load(path, weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from myutils.cli import InputError
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically: a temp file in the same folder, then rename.
+
+    A crash mid-write leaves the previous checkpoint intact instead of a truncated file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``, never executes code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path} is not a checkpoint file (not a torch zip archive; truncated, or another format?)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise InputError(
+            f"{path} holds objects that weights_only=True refuses (not written by this project?): "
+            f"{_first_line(error)}"
+        ) from error
+    except Exception as error:  # torch raises RuntimeError and others for damaged archives
+        raise InputError(f"could not read checkpoint {path} (truncated or damaged?): {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -1,0 +1,124 @@
+"""torchrun set-up (NCCL on GPU, gloo on CPU) and differentiable collectives.
+
+Plain ``python script.py`` runs as a world of one, so every caller can use the
+same code path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device_name: str | None = None) -> DistContext:
+    """Join the process group when launched by torchrun; otherwise a world of one.
+
+    Each rank uses ``cuda:LOCAL_RANK`` when CUDA is present (NCCL), else the CPU (gloo).
+    """
+    from myutils.training.precision import resolve_device
+
+    if not launched_by_torchrun():
+        return DistContext(0, 1, 0, resolve_device(device_name))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistContext(rank, world_size, local_rank, device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward returns each rank its slice of the summed gradient."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.cat(gathered, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        grad = grad_output.contiguous().clone()
+        # every rank computed the same global loss: sum the gradient contributions
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        chunk = grad.shape[0] // dist.get_world_size()
+        rank = dist.get_rank()
+        return grad[rank * chunk : (rank + 1) * chunk]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (same shape on every rank) over ranks along dim 0, keeping autograd."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` over ranks along dim 0 (no gradient)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+def all_reduce_mean(value: float, device: torch.device) -> float:
+    """Average a Python number over ranks."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], device=device, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.item()) / dist.get_world_size()
+
+
+def all_gather_variable(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Concatenate ``tensor`` over ranks along dim 0 when ranks hold different lengths (no gradient).
+
+    Returns ``(gathered, sizes)``; rank ``r``'s rows are ``gathered[sum(sizes[:r]) : sum(sizes[:r + 1])]``.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor, [tensor.shape[0]]
+    size = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    sizes = [int(s) for s in all_gather_tensor(size)]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = all_gather_tensor(padded)
+    parts = [gathered[r * max(sizes) : r * max(sizes) + n] for r, n in enumerate(sizes)]
+    return torch.cat(parts, dim=0), sizes
