@@ -56,6 +56,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "make_face_feature_data.py": (
             ["scripts/make_face_feature_data.py", "--out", str(tmp / "f"), "--num_persons", "0"], "--num_persons"),
         "make_roi_demo_data.py": (["scripts/make_roi_demo_data.py", "--out", str(tmp / "r"), "--frames", "0"], "--frames"),
+        "export_onnx.py": (["scripts/export_onnx.py"], "network"),
         "prototype_bench.py": (["bench/prototype_bench.py", "--n", "0"], "--n"),
         "roi_bench.py": (["bench/roi_bench.py", "--repeats", "0"], "--repeats"),
         "senet_bench.py": (["bench/senet_bench.py", "--epochs", "0"], "--epochs"),

@@ -1,0 +1,1 @@
+"""Exporting trained networks for serving: ONNX files checked against PyTorch with onnxruntime."""
