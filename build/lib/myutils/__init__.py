@@ -1,1 +1,0 @@
-"""Shared library code of Ascension; each module has one subject."""

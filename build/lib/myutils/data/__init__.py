@@ -1,1 +1,0 @@
-"""Image files and class-folder datasets: reading, splitting, class-balanced sampling."""

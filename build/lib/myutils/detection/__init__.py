@@ -1,1 +1,0 @@
-"""The YOLOv7 detector: network, weights loading, letterbox, decoding and NMS, frame sources."""

@@ -1,1 +1,0 @@
-"""Generated data for demos, tests and benchmarks (garments, tracking scenes, a simulated detector, toy segmentation)."""

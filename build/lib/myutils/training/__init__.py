@@ -1,1 +1,0 @@
-"""Training machinery shared by every trainer: checkpoints, seeding, schedules, mixed precision, torchrun, logs."""
