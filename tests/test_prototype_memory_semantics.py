@@ -69,7 +69,7 @@ def memory_list(manager):
 
 def test_default_memory_comes_from_labelled_data_only():
     """Bug caught: the unlabelled call replacing the memory with its own confident pixels (mean +10 -> -10)."""
-    manager = ContrastivePrototypeManager(C, D, elements_per_class=8)
+    manager = ContrastivePrototypeManager(C, D, elements_per_class=50)  # free slots left after the labelled call
     assert manager.memory_from == "labelled"
     features, logits, labels = batch()
     features = features + 10.0
