@@ -40,7 +40,12 @@ demo-tracking: $(STAMP)
 	$(PY) tracking.py
 
 demo-prototype: $(STAMP)
-	$(PY) scripts/demo_prototype_memory.py --out $(DEMO_DIR)/prototype --use_learned_selector
+	$(PY) scripts/make_semiseg_data.py --out $(DEMO_DIR)/semiseg/ACDC_synthetic --layout acdc --train 8 --test 2 --size 48
+	$(PY) scripts/train_semiseg.py --root_path $(DEMO_DIR)/semiseg/ACDC_synthetic --dataset acdc --labelnum 2 \
+		--patch_size 48 48 --batch_size 8 --labeled_bs 4 --base_channels 8 --optimizer adamw --base_lr 0.002 \
+		--max_iterations 120 --eval_interval 60 --num_workers 0 --use_contrastive_prototype --use_learned_selector \
+		--memory_ignore_classes 0 --output_dir $(DEMO_DIR)/semiseg/train
+	$(PY) bench/semiseg_bench.py --preset demo --out $(DEMO_DIR)/semiseg/bench
 
 demo-senet: $(STAMP)
 	bash scripts/demo_senet.sh $(DEMO_DIR)/senet
@@ -50,6 +55,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/roi_bench.py
 	$(PY) bench/tracking_bench.py
 	$(PY) bench/prototype_bench.py
+	$(PY) bench/semiseg_bench.py --out $(DEMO_DIR)/semiseg_bench
 	$(PY) bench/senet_bench.py
 
 clean:

@@ -46,8 +46,11 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "train_senet_triplet.py": (
             ["train_transformer3D/triplet/train_senet_triplet.py", "--data_dir", str(missing)], f"{missing}"),
         "cleanup_low_count_dirs.py": (["scripts/cleanup_low_count_dirs.py", "--data-root", str(missing)], f"{missing}"),
-        "demo_prototype_memory.py": (
-            ["scripts/demo_prototype_memory.py", "--out", str(tmp / "p"), "--steps", "0"], "--steps"),
+        "train_semiseg.py data root before networks": (
+            ["scripts/train_semiseg.py", "--root_path", str(missing), "--dataset", "la"], f"{missing}"),
+        "train_semiseg.py patch size": (
+            ["scripts/train_semiseg.py", "--root_path", str(tmp), "--patch_size", "30", "32"], "multiples of 16"),
+        "make_semiseg_data.py": (["scripts/make_semiseg_data.py", "--out", str(tmp / "d"), "--train", "0"], "--train"),
         "demo_supcon.py": (["scripts/demo_supcon.py", "--out", str(tmp / "s"), "--epochs", "0"], "--epochs"),
         "evaluate_mot.py": (["scripts/evaluate_mot.py", "--gt", str(missing), "--results", str(missing)], f"{missing}"),
         "extract_roi_features.py source before weights": (
@@ -58,6 +61,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "make_roi_demo_data.py": (["scripts/make_roi_demo_data.py", "--out", str(tmp / "r"), "--frames", "0"], "--frames"),
         "export_onnx.py": (["scripts/export_onnx.py"], "network"),
         "prototype_bench.py": (["bench/prototype_bench.py", "--n", "0"], "--n"),
+        "semiseg_bench.py": (["bench/semiseg_bench.py", "--out", str(tmp / "b"), "--labelnum", "20"], "--labelnum"),
         "roi_bench.py": (["bench/roi_bench.py", "--repeats", "0"], "--repeats"),
         "senet_bench.py": (["bench/senet_bench.py", "--epochs", "0"], "--epochs"),
         "supcon_bench.py": (["bench/supcon_bench.py", "--repeats", "0"], "--repeats"),

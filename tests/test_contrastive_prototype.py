@@ -1,5 +1,6 @@
 """SS-Net class-wise contrastive memory: memory update, loss and gradients, learned selectors, pseudo-labels,
-the similarity/distance details against an independent implementation, state round trip and input errors."""
+the similarity/distance details against an independent implementation, state round trip and input errors
+(where the memory is filled from, and the gradients, are in test_prototype_memory_semantics.py)."""
 
 from __future__ import annotations
 

@@ -122,3 +122,24 @@ def all_gather_variable(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     gathered = all_gather_tensor(padded)
     parts = [gathered[r * max(sizes) : r * max(sizes) + n] for r, n in enumerate(sizes)]
     return torch.cat(parts, dim=0), sizes
+
+
+def broadcast_module_state(module: torch.nn.Module, source: int = 0) -> None:
+    """Copy ``source``'s parameters and buffers to every rank (for modules outside DDP)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, source)
+
+
+def all_reduce_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Average the gradients of an optimizer's parameters over ranks (for parameters outside DDP)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)  # every rank must join each all-reduce
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+            parameter.grad.div_(dist.get_world_size())

@@ -1,0 +1,1 @@
+"""Semi-supervised segmentation (SS-Net tradition): h5/folder data, UNet/VNet, losses, metrics, inference, trainer."""
