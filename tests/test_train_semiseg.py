@@ -120,3 +120,42 @@ def test_torchrun_two_processes(acdc, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
     assert json.loads((out / "metrics.json").read_text())["best_iteration"] == 2
+
+
+def test_memory_stores_the_teachers_projections_and_pulls_the_students_predictions(acdc, tmp_path, monkeypatch):
+    """Bug caught: the memory fed with the student's own (grad-carrying) features instead of the EMA
+    teacher's no-grad projections of the labelled images, or the loss pulling the teacher's features."""
+    import copy
+
+    from torch.utils.data import default_collate
+
+    from myutils.segmentation.data import TrainingSet, TwoStreamBatchSampler
+    from myutils.training.distributed import init_distributed
+    from scripts.train_semiseg import build_parser
+
+    argv = ["--root_path", str(acdc), "--labelnum", "1", "--use_contrastive_prototype", "--output_dir", str(tmp_path),
+            "--max_iterations", "10", "--test_list", "none"]
+    for key, value in TINY.items():
+        argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
+    args = trainer.resolve_defaults(build_parser().parse_args(argv))
+    run = trainer.Run(args, init_distributed("cpu"))
+    sampler = TwoStreamBatchSampler(run.labelled, run.unlabelled, 2, 2, seed=0, num_iterations=1)
+    batch = default_collate([TrainingSet(run.items, (32, 32))[key] for key in sampler.batch(0)])
+    teacher_before = copy.deepcopy(run.teacher)
+    calls = []
+    original = ContrastivePrototypeManager.update_and_compute_loss
+
+    def spy(self, features, predictions, labels, *rest, **kwargs):
+        calls.append((features, predictions, labels, kwargs))
+        return original(self, features, predictions, labels, *rest, **kwargs)
+
+    monkeypatch.setattr(ContrastivePrototypeManager, "update_and_compute_loss", spy)
+    run.step(batch)
+    (features, predictions, labels, kwargs), unlabelled_call = calls
+    with torch.no_grad():
+        expected_logits, expected_projection, _ = teacher_before(batch["image"][:2])
+    assert features.requires_grad and kwargs["is_labeled"] and torch.equal(labels, batch["label"][:2])
+    assert not kwargs["memory_features"].requires_grad
+    torch.testing.assert_close(kwargs["memory_features"], expected_projection)
+    torch.testing.assert_close(predictions, expected_logits)
+    assert unlabelled_call[2] is None and unlabelled_call[0].shape[0] == 2
