@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from myutils.cli import positive_float, run  # noqa: E402
 from myutils.export.onnx import Exporter, export_checked  # noqa: E402
+from myutils.segmentation.export import EXPORTER as SEMISEG_EXPORTER  # noqa: E402
 
-EXPORTERS: dict[str, Exporter] = {}
+EXPORTERS: dict[str, Exporter] = {"semiseg": SEMISEG_EXPORTER}
 
 
 def build_parser() -> argparse.ArgumentParser:

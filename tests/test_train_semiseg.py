@@ -159,3 +159,13 @@ def test_memory_stores_the_teachers_projections_and_pulls_the_students_predictio
     torch.testing.assert_close(kwargs["memory_features"], expected_projection)
     torch.testing.assert_close(predictions, expected_logits)
     assert unlabelled_call[2] is None and unlabelled_call[0].shape[0] == 2
+
+
+def test_onnx_export_of_a_trained_network(acdc, tmp_path):
+    from scripts.export_onnx import export_onnx
+
+    train_semiseg(acdc, dataset="acdc", labelnum=1, max_iterations=1, eval_interval=1, test_list="none",
+                  use_contrastive_prototype=True, output_dir=tmp_path / "run", **TINY)
+    report = export_onnx("semiseg", tmp_path / "unet", checkpoint=tmp_path / "run/checkpoints/best.pth")
+    assert report["max_abs_diff"]["logits"] <= 1e-4 and report["check_batch"] == [[2, 1, 48, 48]]
+    assert report["num_classes"] == 4 and report["patch_size"] == [32, 32]
