@@ -60,7 +60,7 @@ from myutils.training.distributed import (
     init_distributed,
 )
 from myutils.training.log import TrainingLog, plot_curves, write_json_atomic
-from myutils.training.precision import autocast, autocast_dtype, make_grad_scaler
+from myutils.training.precision import amp_settings, autocast, make_grad_scaler
 from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 METHODS = ("supervised", "mean_teacher", "pseudo_label")
@@ -106,12 +106,6 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if len(args.stride) != dims:
         raise InputError(f"--stride needs {dims} values, got {args.stride}")
     return args
-
-
-def amp_settings(choice: str, device: torch.device) -> tuple[bool, torch.dtype]:
-    if choice == "off" or (choice == "auto" and device.type == "cpu"):
-        return False, torch.float32
-    return True, autocast_dtype(device, "auto" if choice == "auto" else choice)
 
 
 class Run:

@@ -43,3 +43,10 @@ def make_grad_scaler(device: torch.device, enabled: bool, dtype: torch.dtype | N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # GradScaler warns when created disabled on CPU
         return torch.amp.GradScaler(device.type, enabled=needed)
+
+
+def amp_settings(choice: str, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(enabled, dtype) for an ``--amp auto|bf16|fp16|off`` flag: auto is off on CPU, bf16 or fp16 on CUDA."""
+    if choice == "off" or (choice == "auto" and device.type == "cpu"):
+        return False, torch.float32
+    return True, autocast_dtype(device, "auto" if choice == "auto" else choice)
