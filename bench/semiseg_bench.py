@@ -142,7 +142,10 @@ def run_bench(args: argparse.Namespace) -> dict:
         for config in (c for c in results if c.startswith("mt_memory")):
             dice = [a - b for a, b in zip(results[config]["test_dice"], results[BASELINE]["test_dice"], strict=True)]
             hd95 = [a - b for a, b in zip(results[config]["test_hd95"], results[BASELINE]["test_hd95"], strict=True)]
-            verdict = "helps" if statistics.mean(dice) > 0 and (len(dice) == 1 or min(dice) > 0) else "no consistent gain"
+            if len(dice) == 1:
+                verdict = "one seed: no verdict"
+            else:
+                verdict = "helps on every seed" if min(dice) > 0 else "no consistent gain"
             print(f"  {config:<14} Δ Dice {mean_std(dice)}  Δ HD95 {mean_std(hd95)}  -> {verdict}")
     print(f"results: {args.out / 'results.json'}")
     return results
