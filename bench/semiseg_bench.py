@@ -1,6 +1,6 @@
 """Does the SS-Net class-wise memory help semi-supervised segmentation? Four trainings, same budget, 3 seeds.
 
-    python bench/semiseg_bench.py --out bench_runs/semiseg            # the README table (~30-60 min, 2 cores)
+    python bench/semiseg_bench.py --out demo_runs/semiseg_bench            # the README table (~30-60 min, 2 cores)
     python bench/semiseg_bench.py --out demo_runs/semiseg --preset demo  # the small version of `make demo`
 
 Generates ACDC-like 2-D data (myutils/synthetic/semiseg_cases.py: textured structures, per-case gain,
