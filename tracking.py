@@ -4,12 +4,17 @@
     python tracking.py --frames seq/img1 --detections seq/det/det.txt --output results.txt --gt seq/gt/gt.txt
     python tracking.py --video in.mp4 --yolo_weights yolov7.pt --encoder roi_encoder.pth --save_video out.mp4
     python tracking.py --detections det.txt --output results.txt    # motion only, no images at all
+    python tracking.py --frames seq --detections seq/det/det.txt --interpolate gaussian --output results.txt
 
 Detections come from YOLOv7 on the frames or from a MOTChallenge file (``frame, -1, left, top,
 w, h, conf, ...``, frames from 1). With ``--encoder`` each box gets the ROI encoder's embedding
 of the SPPCSPC map of the same YOLOv7 forward pass (or of a backbone-only pass for file
-detections). Results are written in MOTChallenge format (``frame, id, left, top, w, h, conf,
--1, -1, -1``). The same job as a function: :func:`track`.
+detections). With frames, camera motion is estimated from them (``--cmc``) and compensated in
+the Kalman states. Time-based tracker settings use the sequence's frame rate (``--fps``, else
+``seqinfo.ini``, else the video's). Results are written in MOTChallenge format (``frame, id, left,
+top, w, h, conf, -1, -1, -1``), optionally with short gaps interpolated (``--interpolate``), and
+evaluated with HOTA, MOTA and IDF1 as TrackEval computes them (``--gt``). The same job as a
+function: :func:`track`.
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from myutils.cli import InputError, positive_int, run, unit_float
+from myutils.cli import InputError, non_negative_float, positive_float, positive_int, run, unit_float
 from myutils.detection.frame_source import FrameSource
 from myutils.roi.appearance import ROIAppearance
 from myutils.tracking.boxes import tlwh_to_xyxy
+from myutils.tracking.camera_motion import CMC_METHODS, CameraMotion
+from myutils.tracking.frame_rate import sequence_fps
+from myutils.tracking.interpolation import INTERPOLATION_METHODS, interpolate_tracks
 from myutils.tracking.mot_io import read_mot, rows_by_frame, write_mot
-from myutils.tracking.mot_metrics import MOTSummary, evaluate_mot, format_summary
+from myutils.tracking.mot_metrics import BENCHMARKS, MOTSummary, evaluate_mot, format_summary
 from myutils.tracking.tracker import TrackedObject, Tracker, TrackerConfig, results_to_mot_rows
 
 DEMO_DIR = Path("demo_runs/tracking")
@@ -41,9 +49,10 @@ TRAIL_LENGTH = 20
 
 @dataclass
 class TrackingRun:
-    rows: np.ndarray  # MOT result rows [N, 10]
+    rows: np.ndarray  # MOT result rows [N, 10] (after --interpolate)
     num_frames: int
-    association_fps: float  # tracker.update calls only (no detector, no encoder)
+    association_fps: float  # tracker.update calls only (no detector, no encoder, no camera motion)
+    fps: float  # the sequence's frame rate
     summary: MOTSummary | None = None
 
 
@@ -121,6 +130,12 @@ def track(
     gt: str | None = None,
     device: str | None = None,
     config: TrackerConfig | None = None,
+    fps: float | None = None,
+    cmc: str = "sparse_flow",
+    interpolate: str = "none",
+    interpolate_max_gap: float = 0.7,
+    interpolate_sigma: float = 0.1,
+    benchmark: str = "MOT17",
 ) -> TrackingRun:
     """Track one sequence; the CLI's job as a function. Returns the result rows (and the evaluation with ``gt``)."""
     if frames and video:
@@ -133,8 +148,12 @@ def track(
         raise InputError("--encoder needs the images (--frames or --video) to compute ROI embeddings")
     if save_video and source is None:
         raise InputError("--save_video needs the images (--frames or --video)")
+    if cmc not in CMC_METHODS:
+        raise InputError(f"--cmc must be one of {CMC_METHODS}, got {cmc!r}")
     file_detections = rows_by_frame(read_mot(detections)) if detections else None
     frame_source = FrameSource(source) if source else None  # a bad path is reported before weights are read
+    fps, fps_origin = sequence_fps(fps, frames, video, detections)
+    print(f"frame rate {fps:g} frames/s ({fps_origin})")
     detector = None
     if detections is None or use_appearance:
         from myutils.detection.detector import YOLOv7Detector
@@ -144,7 +163,8 @@ def track(
         )
     appearance = ROIAppearance(encoder, detector) if use_appearance else None
 
-    tracker = Tracker(config)
+    tracker = Tracker(config, fps)
+    camera = CameraMotion(cmc) if cmc != "none" and frame_source is not None else None
     display = Display(show)
     trails: dict[int, deque] = defaultdict(lambda: deque(maxlen=TRAIL_LENGTH))
     writer = None
@@ -152,25 +172,28 @@ def track(
     last_detection_frame = max(file_detections, default=0) if file_detections else 0
     for number, image in frame_numbers_and_images(frame_source, last_detection_frame):
         boxes, scores, embeddings = frame_detections(number, image, file_detections, detector, appearance)
+        warp = camera.estimate(image, boxes) if camera is not None and image is not None else None
         start = time.perf_counter()
-        objects = tracker.update(boxes, scores, embeddings)
+        objects = tracker.update(boxes, scores, embeddings, camera_warp=warp)
         association_seconds += time.perf_counter() - start
         results.append(results_to_mot_rows(number, objects))
         num_frames += 1
         if image is not None and (save_video or display.enabled):
             canvas = draw_tracks(image, objects, trails)
             if save_video:
-                writer = writer or open_video_writer(save_video, canvas.shape[1], canvas.shape[0])
+                writer = writer or open_video_writer(save_video, canvas.shape[1], canvas.shape[0], fps)
                 writer.write(canvas)
             display.show(canvas)
     if writer is not None:
         writer.release()
     rows = np.concatenate(results) if results else np.zeros((0, 10))
+    max_gap = int(round(interpolate_max_gap * fps))
+    rows = interpolate_tracks(rows, max_gap, interpolate, sigma=max(interpolate_sigma * fps, 1e-3))
     if output:
         write_mot(output, rows)
-    run = TrackingRun(rows, num_frames, num_frames / max(association_seconds, 1e-9))
+    run = TrackingRun(rows, num_frames, num_frames / max(association_seconds, 1e-9), fps)
     if gt:
-        run.summary = evaluate_mot(read_mot(gt), rows)
+        run.summary = evaluate_mot(read_mot(gt), rows, benchmark=benchmark)
     return run
 
 
@@ -205,9 +228,10 @@ def drop_empty_boxes(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
     return boxes[valid], scores[valid]
 
 
-def open_video_writer(path: str, width: int, height: int) -> cv2.VideoWriter:
+def open_video_writer(path: str, width: int, height: int, fps: float) -> cv2.VideoWriter:
+    """An .mp4 writer at the input's frame rate (the output plays at the speed of the input)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
     if not writer.isOpened():
         raise InputError(f"cannot write video {path} (no mp4v encoder in this OpenCV build?)")
     return writer
@@ -274,15 +298,66 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument(
         "--show", action="store_true", help="show the frames in a window (only where a display exists)"
     )
-    outputs.add_argument("--gt", help="MOTChallenge ground truth: print MOTA, IDF1, ID switches, FP, misses")
-    tracker = parser.add_argument_group("tracker thresholds")
+    outputs.add_argument(
+        "--gt",
+        help="MOTChallenge ground truth: print HOTA (DetA, AssA, LocA), MOTA, IDF1, ID switches, FP, "
+        "misses, MT/ML as TrackEval computes them",
+    )
+    outputs.add_argument(
+        "--benchmark",
+        choices=BENCHMARKS,
+        default="MOT17",
+        help="ground-truth classes as this benchmark defines them (distractors; default MOT17, also MOT16)",
+    )
+    outputs.add_argument(
+        "--interpolate",
+        choices=INTERPOLATION_METHODS,
+        default="none",
+        help="offline post-process of the results: fill gaps of a track linearly, or linearly and then "
+        "Gaussian-smoothed (default none: the online results)",
+    )
+    outputs.add_argument(
+        "--interpolate_max_gap",
+        type=non_negative_float,
+        default=0.7,
+        help="longest gap to fill, in seconds (default 0.7, about 20 frames at 30 frames/s)",
+    )
+    outputs.add_argument(
+        "--interpolate_sigma",
+        type=positive_float,
+        default=0.1,
+        help="width of the Gaussian smoothing in seconds (default 0.1)",
+    )
+    sequence = parser.add_argument_group("sequence")
+    sequence.add_argument(
+        "--fps",
+        type=positive_float,
+        default=None,
+        help="frame rate for the time-based tracker settings and --save_video "
+        "(default: seqinfo.ini's frameRate, else the video's, else 30)",
+    )
+    sequence.add_argument(
+        "--cmc",
+        choices=CMC_METHODS,
+        default="sparse_flow",
+        help="camera-motion compensation from the frames: sparse optical flow (default), ECC, or none; "
+        "only where images are given",
+    )
+    add_tracker_arguments(parser.add_argument_group("tracker thresholds"))
+    return parser
+
+
+def add_tracker_arguments(group) -> None:
+    """One flag per :class:`TrackerConfig` field, with its help and default (booleans as --x / --no-x)."""
     defaults = TrackerConfig()
     for name, text in TrackerConfig.field_help().items():
         default = getattr(defaults, name)
-        tracker.add_argument(
-            f"--{name}", type=type(default), default=default, help=f"{text} (default {default})"
-        )
-    return parser
+        if isinstance(default, bool):
+            group.add_argument(
+                f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=f"{text} (default {default})"
+            )
+        else:
+            group.add_argument(f"--{name}", type=type(default), default=default, help=f"{text} (default {default})")
 
 
 def main(argv: list[str] | None = None) -> TrackingRun:
@@ -311,6 +386,12 @@ def main(argv: list[str] | None = None) -> TrackingRun:
         gt=args.gt,
         device=args.device,
         config=config,
+        fps=args.fps,
+        cmc=args.cmc,
+        interpolate=args.interpolate,
+        interpolate_max_gap=args.interpolate_max_gap,
+        interpolate_sigma=args.interpolate_sigma,
+        benchmark=args.benchmark,
     )
     print(
         f"tracked {run.num_frames} frames, {len(np.unique(run.rows[:, 1]))} identities, "

@@ -1,10 +1,14 @@
-"""MOT evaluation against motmetrics and by hand; the simulated detector's degradations."""
+"""MOT evaluation against TrackEval, the trackers evaluator and by hand; the simulated detector's degradations."""
+
+import contextlib
+import io
 
 import numpy as np
 import pytest
 
 from myutils.synthetic.scenes import generate_scene
 from myutils.synthetic.simulated_detector import DIFFICULTY_LEVELS, simulate_detections, simulate_embeddings
+from myutils.tracking.mot_io import read_mot, write_mot
 from myutils.tracking.mot_metrics import combine_summaries, evaluate_mot
 from myutils.tracking.tracker import TrackerConfig, track_detections
 
@@ -43,47 +47,135 @@ def test_clear_mot_and_idf1_by_hand():
         evaluate_mot(ground_truth, np.array([row(1, 3, 0, 0), row(1, 3, 50, 0)]))
 
 
-def motmetrics_numbers(ground_truth: np.ndarray, results: np.ndarray) -> dict:
-    """The same evaluation with motmetrics 1.4.0 (np.asfarray is shimmed by the calling test)."""
-    mm = pytest.importorskip("motmetrics")
-    accumulator = mm.MOTAccumulator(auto_id=False)
-    for frame in range(1, int(max(ground_truth[:, 0].max(), results[:, 0].max())) + 1):
-        gt, hyp = ground_truth[ground_truth[:, 0] == frame], results[results[:, 0] == frame]
-        distances = mm.distances.iou_matrix(gt[:, 2:6], hyp[:, 2:6], max_iou=0.5)
-        accumulator.update(gt[:, 1].astype(int), hyp[:, 1].astype(int), distances, frameid=frame)
-    names = [
-        "mota",
-        "motp",
-        "idf1",
-        "idp",
-        "idr",
-        "num_switches",
-        "num_false_positives",
-        "num_misses",
-        "mostly_tracked",
-        "mostly_lost",
-    ]
-    frame = mm.metrics.create().compute(accumulator, metrics=names, name="seq")
-    return {name: float(frame[name].iloc[0]) for name in names}
+def test_hota_by_hand_perfect_and_switched_halfway():
+    ground_truth = np.array([row(f, 1, 0, 0) for f in range(1, 5)])
+    perfect = evaluate_mot(ground_truth, np.array([row(f, 7, 0, 0) for f in range(1, 5)]))
+    assert (perfect.hota, perfect.deta, perfect.assa, perfect.loca) == (1.0, 1.0, 1.0, 1.0)
+    # every box found (DetA 1), but the identity changes after two frames: each of the two result
+    # tracks shares 2 of the 4 + 2 - 2 frames of the union with the object -> AssA 1/2, HOTA sqrt(1/2)
+    switched = evaluate_mot(ground_truth, np.array([row(f, 7 if f <= 2 else 8, 0, 0) for f in range(1, 5)]))
+    assert switched.deta == pytest.approx(1.0) and switched.assa == pytest.approx(0.5)
+    assert switched.hota == pytest.approx(np.sqrt(0.5)) and switched.num_switches == 1
+    # a box shifted by 1 of 10 pixels: IoU 9/11 passes the α thresholds up to 0.80 (16 of 19)
+    shifted = evaluate_mot(ground_truth, np.array([row(f, 7, 1, 0) for f in range(1, 5)]))
+    assert shifted.deta == pytest.approx(16 / 19) and shifted.assa == pytest.approx(16 / 19)
+    # TrackEval counts LocA as 1 at the α with no TP at all (0.85, 0.90, 0.95)
+    assert shifted.loca == pytest.approx((16 * 9 / 11 + 3) / 19)
 
 
-@pytest.mark.parametrize("difficulty", ["medium", "hard"])
-def test_evaluation_equals_motmetrics_on_a_tracked_scene(difficulty, monkeypatch):
-    # motmetrics 1.4.0 calls np.asfarray, which NumPy 2 removed: a shim for this test only
-    monkeypatch.setattr(np, "asfarray", lambda a, dtype=np.float64: np.asarray(a, dtype=dtype), raising=False)
-    scene = generate_scene(num_frames=120, num_objects=8, seed=4, difficulty=difficulty)
-    detections = simulate_detections(scene.ground_truth, scene.width, scene.height, difficulty, seed=4)
-    results = track_detections(detections.rows, TrackerConfig(n_init=1, high_score=0.3), num_frames=120)
-    results[::9, 1] += 100  # extra identity switches and fragments to count
-    ours = evaluate_mot(scene.ground_truth, results)
-    reference = motmetrics_numbers(scene.ground_truth, results)
-    assert ours.num_switches == reference["num_switches"] > 0
-    assert ours.num_false_positives == reference["num_false_positives"]
-    assert ours.num_misses == reference["num_misses"]
-    assert (ours.mostly_tracked, ours.mostly_lost) == (reference["mostly_tracked"], reference["mostly_lost"])
-    for name in ("mota", "idf1", "idp", "idr"):
-        assert getattr(ours, name) == pytest.approx(reference[name], abs=1e-12)
-    assert ours.motp == pytest.approx(1.0 - reference["motp"])  # motmetrics reports the mean 1 - IoU
+def mot17_sequence(folder, name: str, seed: int, difficulty: str) -> None:
+    """A MOTChallenge sequence with MOT17's columns: distractor classes, zero-marked boxes, and results
+    that sit on distractors (removed by the preprocessing) plus extra identity switches."""
+    rng = np.random.default_rng(seed)
+    scene = generate_scene(num_frames=80, num_objects=8, seed=seed, difficulty=difficulty)
+    gt = scene.ground_truth.copy()
+    detections = simulate_detections(gt, scene.width, scene.height, difficulty, seed)
+    results = track_detections(detections.rows, TrackerConfig(n_init=1), num_frames=80)
+    results[::7, 1] += 50
+    for identity, cls in ((3, 7), (5, 8), (6, 2), (7, 6)):  # static person, distractor, on vehicle, non-MOT vehicle
+        gt[gt[:, 1] == identity, 7] = cls
+    gt[gt[:, 1] == 5, 6] = 0
+    gt[(rng.uniform(size=len(gt)) < 0.05) & (gt[:, 7] == 1), 6] = 0  # ignored pedestrians
+    sequence = folder / "gt" / "MOT17-train" / name
+    write_mot(sequence / "gt" / "gt.txt", gt)
+    (sequence / "seqinfo.ini").write_text(
+        f"[Sequence]\nname={name}\nimDir=img1\nframeRate=30\nseqLength=80\nimWidth={scene.width}\n"
+        f"imHeight={scene.height}\nimExt=.jpg\n"
+    )
+    write_mot(folder / "trackers" / "MOT17-train" / "ours" / "data" / f"{name}.txt", results)
+
+
+SEQUENCES = {"SEQ-01": (1, "medium"), "SEQ-02": (2, "hard")}
+
+
+@pytest.fixture(scope="module")
+def mot17_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mot17")
+    for name, (seed, difficulty) in SEQUENCES.items():
+        mot17_sequence(folder, name, seed, difficulty)
+    seqmaps = folder / "gt" / "seqmaps"
+    seqmaps.mkdir()
+    (seqmaps / "MOT17-train.txt").write_text("name\n" + "\n".join(SEQUENCES) + "\n")
+    return folder
+
+
+def trackeval_results(folder, benchmark: str) -> dict:
+    """TrackEval's own pipeline (dataset preprocessing + HOTA, CLEAR, Identity) on the files."""
+    trackeval = pytest.importorskip("trackeval")
+    quiet = {"PRINT_RESULTS": False, "OUTPUT_SUMMARY": False, "OUTPUT_DETAILED": False, "PLOT_CURVES": False}
+    evaluator = trackeval.Evaluator(
+        {"USE_PARALLEL": False, "PRINT_CONFIG": False, "TIME_PROGRESS": False, **quiet}
+    )
+    for kind in ("gt", "trackers"):  # TrackEval finds the files under <BENCHMARK>-train
+        if not (folder / kind / f"{benchmark}-train").exists():
+            (folder / kind / f"{benchmark}-train").symlink_to(folder / kind / "MOT17-train")
+    seqmap = folder / "gt" / "seqmaps" / f"{benchmark}-train.txt"
+    seqmap.write_text((folder / "gt" / "seqmaps" / "MOT17-train.txt").read_text())
+    dataset = trackeval.datasets.MotChallenge2DBox(
+        {
+            "GT_FOLDER": str(folder / "gt"),
+            "TRACKERS_FOLDER": str(folder / "trackers"),
+            "BENCHMARK": benchmark,
+            "SPLIT_TO_EVAL": "train",
+            "TRACKERS_TO_EVAL": ["ours"],
+            "PRINT_CONFIG": False,
+        }
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        output, _ = evaluator.evaluate(
+            [dataset], [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR(), trackeval.metrics.Identity()]
+        )
+    return {name: value["pedestrian"] for name, value in output["MotChallenge2DBox"]["ours"].items()}
+
+
+def assert_equal_to_trackeval(ours, reference) -> None:
+    hota, clear, identity = reference["HOTA"], reference["CLEAR"], reference["Identity"]
+    for name in ("HOTA", "DetA", "AssA", "LocA", "DetRe", "DetPr", "AssRe", "AssPr"):
+        assert getattr(ours, name.lower()) == pytest.approx(float(np.mean(hota[name])), abs=1e-12), name
+    for name, key in (("MOTA", "mota"), ("MOTP", "motp"), ("IDF1", "idf1"), ("IDP", "idp"), ("IDR", "idr")):
+        value = identity[name] if name.startswith("ID") else clear[name]
+        assert getattr(ours, key) == pytest.approx(float(value), abs=1e-12), name
+    counts = {"IDSW": ours.num_switches, "CLR_FP": ours.num_false_positives, "CLR_FN": ours.num_misses,
+              "CLR_TP": ours.num_matches, "MT": ours.mostly_tracked, "PT": ours.partially_tracked,
+              "ML": ours.mostly_lost, "Frag": ours.num_fragmentations}
+    assert counts == {key: int(clear[key]) for key in counts}
+    assert ours.num_id_true_positives == int(identity["IDTP"])
+
+
+@pytest.mark.parametrize("benchmark", ["MOT17", "MOT20"])
+def test_evaluation_equals_trackeval_on_mot17_files(mot17_folder, benchmark):
+    reference = trackeval_results(mot17_folder, benchmark)
+    ours = {}
+    for name in SEQUENCES:
+        gt = read_mot(mot17_folder / "gt" / "MOT17-train" / name / "gt" / "gt.txt")
+        results = read_mot(mot17_folder / "trackers" / "MOT17-train" / "ours" / "data" / f"{name}.txt")
+        ours[name] = evaluate_mot(gt, results, benchmark=benchmark)
+        assert_equal_to_trackeval(ours[name], reference[name])
+        assert ours[name].num_switches > 0 and ours[name].hota < 1
+    assert_equal_to_trackeval(combine_summaries(list(ours.values())), reference["COMBINED_SEQ"])
+    # the preprocessing matters: scoring every box as a pedestrian gives other numbers
+    unclassed = gt.copy()
+    unclassed[:, 7] = -1  # no classes: every box with a consider flag counts
+    everything = evaluate_mot(unclassed, results, benchmark=benchmark)
+    assert everything.num_objects > ours[name].num_objects and everything.mota != ours[name].mota
+    if benchmark == "MOT20":  # results on non-MOT vehicles (class 6) are not false positives there
+        mot17 = evaluate_mot(gt, results, benchmark="MOT17")
+        assert ours[name].num_false_positives < mot17.num_false_positives
+
+
+def test_evaluation_equals_the_trackers_evaluator(mot17_folder):
+    evaluate_files = pytest.importorskip("trackers.eval").evaluate_mot_sequence
+    for name in SEQUENCES:
+        gt_file = mot17_folder / "gt" / "MOT17-train" / name / "gt" / "gt.txt"
+        result_file = mot17_folder / "trackers" / "MOT17-train" / "ours" / "data" / f"{name}.txt"
+        reference = evaluate_files(gt_file, result_file, metrics=["CLEAR", "HOTA", "Identity"])
+        ours = evaluate_mot(read_mot(gt_file), read_mot(result_file))
+        assert ours.hota == pytest.approx(reference.HOTA.HOTA, abs=1e-12)
+        assert ours.assa == pytest.approx(reference.HOTA.AssA, abs=1e-12)
+        assert ours.deta == pytest.approx(reference.HOTA.DetA, abs=1e-12)
+        assert ours.mota == pytest.approx(reference.CLEAR.MOTA, abs=1e-12)
+        assert ours.num_switches == reference.CLEAR.IDSW
+        assert ours.idf1 == pytest.approx(reference.Identity.IDF1, abs=1e-12)
 
 
 def test_combined_summary_equals_evaluating_the_concatenation():
@@ -101,6 +193,9 @@ def test_combined_summary_equals_evaluating_the_concatenation():
     combined = combine_summaries(parts)
     assert combined.mota == pytest.approx(joint.mota) and combined.idf1 == pytest.approx(joint.idf1)
     assert combined.num_switches == joint.num_switches and combined.motp == pytest.approx(joint.motp)
+    # HOTA too: ids of the two halves never meet, so TP-weighted AssA / LocA equal the joint ones
+    for name in ("hota", "deta", "assa", "loca", "assre", "asspr"):
+        assert getattr(combined, name) == pytest.approx(getattr(joint, name), abs=1e-12), name
 
 
 def test_simulated_detector_degrades_with_difficulty_and_is_deterministic():

@@ -2,7 +2,9 @@
 
 Objects of different shapes and textures enter from the image borders, cross each
 other (a fixed depth order decides who hides whom) and leave again. Everything is
-deterministic given the seed. The ground truth follows MOTChallenge
+deterministic given the seed. With ``camera="moving"`` the camera pans and zooms over a larger
+world (smooth sweeps plus a hand-held shake): every object then also moves by the camera's image
+motion, which a constant-velocity motion model cannot predict and camera-motion compensation can. The ground truth follows MOTChallenge
 (``frame, id, left, top, w, h, 1, 1, visibility, -1``), with boxes clipped to the image and
 ``visibility`` = the fraction of the object's in-image pixels not hidden by objects in front.
 """
@@ -19,6 +21,7 @@ import numpy as np
 
 from myutils.cli import InputError
 from myutils.data.image_io import write_image_rgb
+from myutils.tracking.camera_motion import IDENTITY
 from myutils.tracking.mot_io import write_mot
 
 SHAPES = ("rectangle", "ellipse", "triangle", "diamond", "hexagon", "cross")
@@ -69,6 +72,28 @@ class Placement:
     mask: np.ndarray
 
 
+CAMERAS = ("static", "moving")
+
+
+@dataclass
+class CameraPath:
+    """Where the camera looks: world point ``p`` is seen at ``zoom · (p − centre) + image centre``.
+
+    ``centres [F, 2]`` and ``zooms [F]`` are per frame (index 0 = frame 1); ``margin`` is how far the
+    world background reaches beyond the static view on every side.
+    """
+
+    centres: np.ndarray
+    zooms: np.ndarray
+    margin: int
+
+    def world_to_image(self, frame: int, width: int, height: int) -> np.ndarray:
+        """The ``[2, 3]`` similarity from world to image coordinates at ``frame``."""
+        zoom = self.zooms[frame - 1]
+        shift = np.array([width / 2, height / 2]) - zoom * self.centres[frame - 1]
+        return np.array([[zoom, 0.0, shift[0]], [0.0, zoom, shift[1]]])
+
+
 @dataclass
 class Scene:
     width: int
@@ -76,9 +101,27 @@ class Scene:
     num_frames: int
     seed: int
     difficulty: str
-    background: np.ndarray  # [height, width, 3] uint8
+    background: np.ndarray  # [height + 2 margin, width + 2 margin, 3] uint8 (margin 0: a static camera)
     objects: list[SceneObject]
     ground_truth: np.ndarray = field(default_factory=lambda: np.zeros((0, 10)))  # MOT rows [N, 10]
+    camera: CameraPath | None = None  # None: a static camera
+
+
+def _camera_path(num_frames: int, width: int, height: int, rng: np.random.Generator) -> CameraPath:
+    """Two sinusoidal sweeps per axis (periods 60-160 frames, about 15 % of the view), a slow zoom
+    of ±15 % and a hand-held shake of about 1.5 pixels per frame."""
+    t = np.arange(1, num_frames + 1, dtype=np.float64)
+    centres = np.tile([width / 2, height / 2], (num_frames, 1))
+    for axis, size in enumerate((width, height)):
+        for amplitude in (0.1 * size, 0.05 * size):
+            period, phase = rng.uniform(60, 160), rng.uniform(0, 2 * np.pi)
+            centres[:, axis] += amplitude * np.sin(2 * np.pi * t / period + phase)
+    centres += np.cumsum(rng.normal(0, 0.5, size=centres.shape), axis=0).clip(-10, 10)
+    centres += rng.normal(0, 1.5, size=centres.shape)
+    zooms = 1.0 + 0.15 * np.sin(2 * np.pi * t / rng.uniform(150, 250) + rng.uniform(0, 2 * np.pi))
+    # the widest view (least zoom) plus the farthest pan must stay on the world background
+    reach = np.abs(centres - [width / 2, height / 2]).max() + max(width, height) * (1 / zooms.min() - 1) / 2
+    return CameraPath(centres, zooms, margin=int(np.ceil(reach)) + 8)
 
 
 def _hue_colour(hue: float, saturation: float, value: float) -> np.ndarray:
@@ -125,15 +168,15 @@ def _texture(pattern: str, width: int, height: int, hue: float, rng: np.random.G
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _background(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """Smooth muted colour noise, a faint tiled floor and a few static clutter patches."""
+def _background(width: int, height: int, rng: np.random.Generator, clutter: int = 6) -> np.ndarray:
+    """Smooth muted colour noise, a faint tiled floor and ``clutter`` static clutter patches."""
     coarse = rng.uniform(60, 170, size=(6, 10, 3)).astype(np.float32)
     image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     image += rng.normal(0, 6, size=image.shape).astype(np.float32)
     spacing = int(rng.integers(40, 70))
     image[::spacing, :, :] *= 0.8
     image[:, ::spacing, :] *= 0.8
-    for _ in range(6):
+    for _ in range(clutter):
         w, h = int(rng.integers(20, 80)), int(rng.integers(20, 80))
         x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
         image[y : y + h, x : x + w] = 0.6 * image[y : y + h, x : x + w] + 0.4 * rng.uniform(40, 200, size=3)
@@ -178,10 +221,13 @@ def _make_object(identity: int, index: int, count: int, width: int, height: int,
 
 
 def generate_scene(num_frames: int = 150, num_objects: int = 6, width: int = 640, height: int = 384,
-                   seed: int = 0, difficulty: str = "medium") -> Scene:
-    """A deterministic scene of ``num_objects`` identities (ids 1..num_objects) over ``num_frames`` frames."""
+                   seed: int = 0, difficulty: str = "medium", camera: str = "static") -> Scene:
+    """A deterministic scene of ``num_objects`` identities (ids 1..num_objects) over ``num_frames`` frames,
+    seen by a ``static`` or a ``moving`` camera (the objects' paths are the same for both)."""
     if difficulty not in DIFFICULTY:
         raise InputError(f"difficulty must be one of {sorted(DIFFICULTY)}, got {difficulty!r}")
+    if camera not in CAMERAS:
+        raise InputError(f"camera must be one of {CAMERAS}, got {camera!r}")
     if num_frames < 1 or num_objects < 1:
         raise InputError(f"need num_frames >= 1 and num_objects >= 1, got {num_frames} and {num_objects}")
     if width < 64 or height < 64:
@@ -190,22 +236,46 @@ def generate_scene(num_frames: int = 150, num_objects: int = 6, width: int = 640
     params = DIFFICULTY[difficulty]
     background = _background(width, height, rng)
     objects = [_make_object(i + 1, i, num_objects, width, height, num_frames, params, rng) for i in range(num_objects)]
-    scene = Scene(width, height, num_frames, seed, difficulty, background, objects)
+    path = None
+    if camera == "moving":  # its own generator: the objects do not change with the camera
+        path = _camera_path(num_frames, width, height, np.random.default_rng([seed, 1]))
+        world = (width + 2 * path.margin, height + 2 * path.margin)
+        # a busier world (as outdoors): enough static structure for the camera motion to be measurable
+        background = _background(*world, np.random.default_rng([seed, 2]), clutter=world[0] * world[1] // 2000)
+    scene = Scene(width, height, num_frames, seed, difficulty, background, objects, camera=path)
     scene.ground_truth = _ground_truth(scene)
     return scene
+
+
+def world_to_image(scene: Scene, frame: int) -> np.ndarray:
+    """The ``[2, 3]`` similarity from world (static-view) coordinates to the image at ``frame``."""
+    if scene.camera is None:
+        return IDENTITY.copy()
+    return scene.camera.world_to_image(frame, scene.width, scene.height)
+
+
+def camera_motion(scene: Scene, frame: int) -> np.ndarray:
+    """The true image-to-image similarity from ``frame - 1`` to ``frame`` (identity for frame 1)."""
+    if frame <= 1:
+        return IDENTITY.copy()
+    now = np.vstack([world_to_image(scene, frame), [0.0, 0.0, 1.0]])
+    before = np.vstack([world_to_image(scene, frame - 1), [0.0, 0.0, 1.0]])
+    return (now @ np.linalg.inv(before))[:2]
 
 
 def place_objects(scene: Scene, frame: int) -> list[Placement]:
     """Objects on screen at ``frame``, far to near, resized for the frame's scale oscillation."""
     amplitude = DIFFICULTY[scene.difficulty]["scale_amplitude"]
+    view = world_to_image(scene, frame)
     placements = []
     for obj in sorted(scene.objects, key=lambda o: o.depth):
         if not obj.is_moving(frame):
             continue
         factor = 1.0 + amplitude * np.sin(2 * np.pi * frame / obj.scale_period + obj.scale_phase)
+        factor *= view[0, 0]  # the camera's zoom
         h0, w0 = obj.mask.shape
         w, h = max(4, round(w0 * factor)), max(4, round(h0 * factor))
-        cx, cy = obj.centre(frame)
+        cx, cy = view[:, :2] @ obj.centre(frame) + view[:, 2]
         left, top = round(cx - w / 2), round(cy - h / 2)
         if left >= scene.width or top >= scene.height or left + w <= 0 or top + h <= 0:
             continue
@@ -250,7 +320,13 @@ def render_frame(scene: Scene, frame: int) -> np.ndarray:
     if not 1 <= frame <= scene.num_frames:
         raise InputError(f"frame must be in [1, {scene.num_frames}], got {frame}")
     params = DIFFICULTY[scene.difficulty]
-    image = scene.background.astype(np.float32)
+    if scene.camera is None:
+        image = scene.background.astype(np.float32)
+    else:  # the world background (offset by the margin) seen through the camera
+        view = world_to_image(scene, frame)
+        view[:, 2] -= view[:, :2] @ [scene.camera.margin, scene.camera.margin]
+        image = cv2.warpAffine(scene.background, view, (scene.width, scene.height), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT).astype(np.float32)
     for placement in place_objects(scene, frame):
         ys, xs, pys, pxs = _clip(placement, scene.width, scene.height)
         mask = placement.mask[pys, pxs]

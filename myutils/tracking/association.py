@@ -1,7 +1,7 @@
 """Association costs and the optimal assignment between tracks (rows) and detections (columns).
 
 Pure functions on arrays: cosine appearance distances against a track's EMA feature and its bank
-of recent embeddings, the fusion of appearance with motion, and gated Hungarian matching with
+of recent embeddings, the fusion of appearance with motion, and the optimal assignment with
 ``scipy.optimize.linear_sum_assignment``. Forbidden pairs carry ``np.inf``.
 """
 
@@ -53,23 +53,28 @@ def fuse_costs(appearance: np.ndarray, motion: np.ndarray, appearance_weight: fl
     return appearance_weight * appearance + (1.0 - appearance_weight) * motion
 
 
-def linear_assignment(
-    cost: np.ndarray, max_cost: float = np.inf
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Minimum-cost one-to-one matching that uses only pairs with ``cost <= max_cost``.
+def linear_assignment(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The minimum-cost partial matching where leaving a row and a column unmatched costs ``max_cost``.
 
-    Returns ``matches [K, 2]`` (row, column), the unmatched rows and the unmatched columns.
-    Forbidden pairs are replaced by a cost larger than any allowed total, so the solver never
-    trades an allowed match for a forbidden one.
+    The standard formulation of tracking (``lap.lapjv(cost, extend_cost=True, cost_limit=max_cost)``
+    as DeepSORT and ByteTrack call it): every unmatched row and every unmatched column costs
+    ``max_cost / 2``, so a pair is made only where it is cheaper than leaving both ends unmatched,
+    and two mediocre pairs never win over one good pair. Pairs costing ``max_cost`` or more (and
+    forbidden ``inf`` pairs) are never made. Returns ``matches [K, 2]`` (row, column), the
+    unmatched rows and the unmatched columns.
+
+    Solved as a rectangular assignment on ``min(cost, max_cost)``: a forced pair at ``max_cost``
+    costs exactly what its two unmatched ends would, so both problems have the same optimum.
     """
+    if not np.isfinite(max_cost):
+        raise ValueError(f"max_cost must be finite, got {max_cost}")
     cost = np.asarray(cost, dtype=np.float64)
     rows, cols = cost.shape
-    allowed = np.isfinite(cost) & (cost <= max_cost)
-    if rows == 0 or cols == 0 or not allowed.any():
+    if rows == 0 or cols == 0:
         return np.zeros((0, 2), dtype=int), np.arange(rows), np.arange(cols)
-    big = 1.0 + 2.0 * np.abs(cost[allowed]).max() * min(rows, cols)
-    row_index, col_index = linear_sum_assignment(np.where(allowed, cost, big))
-    keep = allowed[row_index, col_index]
+    capped = np.minimum(np.where(np.isnan(cost), np.inf, cost), max_cost)
+    row_index, col_index = linear_sum_assignment(capped)
+    keep = capped[row_index, col_index] < max_cost
     matches = np.stack([row_index[keep], col_index[keep]], axis=1)
     unmatched_rows = np.setdiff1d(np.arange(rows), matches[:, 0])
     unmatched_cols = np.setdiff1d(np.arange(cols), matches[:, 1])

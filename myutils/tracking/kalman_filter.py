@@ -11,6 +11,9 @@ velocities), measurement ``z = [cx, cy, a, h]``, one frame per step (dt = 1):
 The noise standard deviations scale with the box height ``h`` (``position_weight · h`` for
 positions, ``velocity_weight · h`` for velocities), so a near, large object may move more pixels
 than a far, small one. The aspect ratio gets small fixed noise: shapes change slowly.
+``update`` may scale the measurement noise per track (StrongSORT's NSA: ``R · (1 − score)``, a
+confident detection is trusted more); ``warp`` moves every state with the camera (an image-to-image
+similarity ``x' = M x + t``; BoT-SORT's camera-motion compensation).
 Every method takes and returns arrays with a leading track axis: ``mean [N, 8]``, ``cov [N, 8, 8]``.
 """
 
@@ -64,17 +67,27 @@ class KalmanBoxFilter:
         cov = self.transition @ cov @ self.transition.T + _diagonal(std**2)
         return mean, cov
 
-    def project(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The state in measurement space: ``z' [N, 4]`` and the innovation covariance ``S [N, 4, 4]``."""
-        std = self._position_std(mean[:, 3], 1e-1)
-        projected_cov = self.observation @ cov @ self.observation.T + _diagonal(std**2)
+    def project(
+        self, mean: np.ndarray, cov: np.ndarray, noise_scale: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The state in measurement space: ``z' [N, 4]`` and the innovation covariance ``S [N, 4, 4]``
+        (measurement noise times ``noise_scale [N]`` where given)."""
+        variance = self._position_std(mean[:, 3], 1e-1) ** 2
+        if noise_scale is not None:
+            variance = variance * np.asarray(noise_scale, dtype=np.float64).reshape(-1, 1)
+        projected_cov = self.observation @ cov @ self.observation.T + _diagonal(variance)
         return mean[:, :MEASUREMENT_DIM], projected_cov
 
     def update(
-        self, mean: np.ndarray, cov: np.ndarray, measurements: np.ndarray
+        self,
+        mean: np.ndarray,
+        cov: np.ndarray,
+        measurements: np.ndarray,
+        noise_scale: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Correct each track ``i`` with its own measurement ``measurements[i]``."""
-        projected_mean, projected_cov = self.project(mean, cov)
+        """Correct each track ``i`` with its own measurement ``measurements[i]`` (measurement noise
+        times ``noise_scale[i]`` where given)."""
+        projected_mean, projected_cov = self.project(mean, cov, noise_scale)
         cross = cov @ self.observation.T  # P Hᵀ  [N, 8, 4]
         # K = P Hᵀ S⁻¹, solved as S Kᵀ = H P (S is symmetric positive definite)
         gain = np.linalg.solve(projected_cov, np.swapaxes(cross, 1, 2)).swapaxes(1, 2)
@@ -82,6 +95,23 @@ class KalmanBoxFilter:
         new_mean = mean + np.einsum("nij,nj->ni", gain, innovation)
         new_cov = cov - gain @ projected_cov @ np.swapaxes(gain, 1, 2)
         return new_mean, new_cov
+
+    @staticmethod
+    def warp(mean: np.ndarray, cov: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every state after the camera moved by ``matrix [2, 3]`` (``p' = M p + t``, a similarity):
+        centres and their velocities go through ``M``, heights and their velocities scale with
+        ``sqrt(|det M|)``, aspect ratios stay; the covariance follows, ``P' = T P Tᵀ``."""
+        matrix = np.asarray(matrix, dtype=np.float64).reshape(2, 3)
+        linear, shift = matrix[:, :2], matrix[:, 2]
+        scale = float(np.sqrt(abs(np.linalg.det(linear))))
+        transform = np.zeros((STATE_DIM, STATE_DIM))
+        for offset in (0, MEASUREMENT_DIM):
+            transform[offset : offset + 2, offset : offset + 2] = linear
+            transform[offset + 2, offset + 2] = 1.0
+            transform[offset + 3, offset + 3] = scale
+        mean = mean @ transform.T
+        mean[:, :2] += shift
+        return mean, transform @ cov @ transform.T
 
     def gating_distance(
         self, mean: np.ndarray, cov: np.ndarray, measurements: np.ndarray, only_position: bool = False
