@@ -1,4 +1,4 @@
-"""Kalman box filter: predict/update against a hand computation, batched = one by one, gating."""
+"""Kalman box filter: predict/update against a hand computation and textbook 8x8 matrices, NSA, warp, gating."""
 
 import numpy as np
 import pytest
@@ -10,13 +10,15 @@ from myutils.tracking.kalman_filter import KalmanBoxFilter, chi2_gate
 
 def test_predict_update_by_hand():
     kf = KalmanBoxFilter()  # position weight 1/20, velocity weight 1/160
-    mean, cov = kf.initiate(np.array([[100.0, 50.0, 0.5, 40.0]]))
+    mean, compact = kf.initiate(np.array([[100.0, 50.0, 0.5, 40.0]]))
+    cov = kf.full_covariance(compact)
     # h = 40: initial std 2*40/20 = 4 for positions and 10*40/160 = 2.5 for their velocities;
     # the aspect ratio gets 1e-2 and its velocity 1e-5 (DeepSORT's values)
     assert np.allclose(np.diag(cov[0]), [16, 16, 1e-4, 16, 6.25, 6.25, 1e-10, 6.25])
     assert np.allclose(mean[0], [100, 50, 0.5, 40, 0, 0, 0, 0])
 
-    mean, cov = kf.predict(mean, cov)
+    mean, compact = kf.predict(mean, compact)
+    cov = kf.full_covariance(compact)
     # var(cx) = 16 + 6.25 (velocity) + 2^2 (process, std 40/20); cov(cx, vcx) = 6.25; var(vcx) = 6.25 + 0.25^2
     assert cov[0, 0, 0] == pytest.approx(26.25)
     assert cov[0, 0, 4] == pytest.approx(6.25)
@@ -24,7 +26,8 @@ def test_predict_update_by_hand():
     assert np.allclose(mean[0, :4], [100, 50, 0.5, 40])
 
     measured_cx = 104.0
-    mean, cov = kf.update(mean, cov, np.array([[measured_cx, 50.0, 0.5, 40.0]]))
+    mean, compact = kf.update(mean, compact, np.array([[measured_cx, 50.0, 0.5, 40.0]]))
+    cov = kf.full_covariance(compact)
     innovation_var = 26.25 + 4.0  # + measurement noise (std 40/20)
     gain_position, gain_velocity = 26.25 / innovation_var, 6.25 / innovation_var
     assert mean[0, 0] == pytest.approx(100 + gain_position * 4)
@@ -34,34 +37,74 @@ def test_predict_update_by_hand():
     assert mean[0, 1] == pytest.approx(50.0) and mean[0, 5] == pytest.approx(0.0)  # no innovation in y
 
 
-def textbook_step(kf, mean, cov, measurement):
-    """One predict + update with explicit matrices and an explicit inverse, one track at a time."""
-    h = mean[3]
-    q = np.diag(np.array([h / 20, h / 20, 1e-2, h / 20, h / 160, h / 160, 1e-5, h / 160]) ** 2)
+def noise_sizes(mean: np.ndarray, state: str) -> np.ndarray:
+    """What each coordinate's noise scales with: DeepSORT (xyah) h, h, -, h; BoT-SORT (xywh) w, h, w, h."""
+    w, h = mean[2], mean[3]
+    return np.array([h, h, 1.0, h]) if state == "xyah" else np.array([w, h, w, h])
+
+
+def textbook_step(mean, cov, measurement, state):
+    """One predict + update with explicit 8x8 matrices and an explicit inverse, one track at a time."""
+    size = noise_sizes(mean, state)
+    q = np.concatenate([size / 20, size / 160])
+    if state == "xyah":
+        q[2], q[6] = 1e-2, 1e-5
     transition = np.eye(8) + np.eye(8, k=4)
-    mean, cov = transition @ mean, transition @ cov @ transition.T + q
+    mean, cov = transition @ mean, transition @ cov @ transition.T + np.diag(q**2)
+    r = noise_sizes(mean, state) / 20
+    if state == "xyah":
+        r[2] = 1e-1
     observation = np.eye(4, 8)
-    r = np.diag(np.array([mean[3] / 20, mean[3] / 20, 1e-1, mean[3] / 20]) ** 2)
-    s = observation @ cov @ observation.T + r
+    s = observation @ cov @ observation.T + np.diag(r**2)
     gain = cov @ observation.T @ np.linalg.inv(s)
     return mean + gain @ (measurement - observation @ mean), (np.eye(8) - gain @ observation) @ cov
 
 
-def test_batched_filter_equals_textbook_per_track():
+@pytest.mark.parametrize("state", ["xyah", "xywh"])
+def test_batched_filter_equals_textbook_per_track(state):
     rng = np.random.default_rng(0)
-    kf = KalmanBoxFilter()
-    first = np.column_stack(
-        [rng.uniform(50, 500, 5), rng.uniform(50, 300, 5), rng.uniform(0.3, 2, 5), rng.uniform(20, 120, 5)]
-    )
+    kf = KalmanBoxFilter(state=state)
+    third = rng.uniform(0.3, 2, 5) if state == "xyah" else rng.uniform(20, 120, 5)
+    first = np.column_stack([rng.uniform(50, 500, 5), rng.uniform(50, 300, 5), third, rng.uniform(20, 120, 5)])
     mean, cov = kf.initiate(first)
-    expected = [(m.copy(), c.copy()) for m, c in zip(mean, cov, strict=True)]
+    expected = [(m.copy(), c.copy()) for m, c in zip(mean, kf.full_covariance(cov), strict=True)]
     for _ in range(4):
-        measurement = first + rng.normal(0, 3, size=first.shape) * [1, 1, 0.01, 1]
+        measurement = first + rng.normal(0, 3, size=first.shape) * [1, 1, 0.01 if state == "xyah" else 1, 1]
         mean, cov = kf.update(*kf.predict(mean, cov), measurement)
-        expected = [textbook_step(kf, m, c, z) for (m, c), z in zip(expected, measurement, strict=True)]
+        expected = [textbook_step(m, c, z, state) for (m, c), z in zip(expected, measurement, strict=True)]
     assert np.allclose(mean, [m for m, _ in expected])
-    assert np.allclose(cov, [c for _, c in expected])
-    assert np.allclose(cov, np.swapaxes(cov, 1, 2))  # stays symmetric
+    assert np.allclose(kf.full_covariance(cov), [c for _, c in expected])
+
+
+def test_score_scaled_measurement_noise_trusts_confident_boxes_more():
+    kf = KalmanBoxFilter()
+    mean, cov = kf.predict(*kf.initiate(np.array([[100.0, 50.0, 0.5, 40.0]] * 2)))
+    measurement = np.array([[110.0, 50.0, 0.5, 40.0]] * 2)
+    updated, _ = kf.update(mean, cov, measurement, noise_scale=np.array([1.0, 0.1]))
+    plain, _ = kf.update(mean, cov, measurement)
+    assert updated[0, 0] == pytest.approx(plain[0, 0])  # scale 1: the plain update
+    # innovation variance 26.25 + 0.1 * 4 instead of 26.25 + 4: the gain grows
+    assert updated[1, 0] == pytest.approx(100 + 10 * 26.25 / (26.25 + 0.4))
+
+
+def test_warp_equals_transforming_the_full_covariance():
+    """For xyah the compact warp is exactly T P Tᵀ, rotation included (x and y share one variance)."""
+    kf = KalmanBoxFilter()
+    mean, cov = kf.initiate(np.array([[100.0, 50.0, 0.5, 40.0], [300.0, 200.0, 0.8, 90.0]]))
+    mean, cov = kf.update(*kf.predict(mean, cov), np.array([[103.0, 52.0, 0.5, 41.0], [298.0, 201.0, 0.8, 88.0]]))
+    angle, scale = 0.1, 1.2
+    linear = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    matrix = np.column_stack([linear, [5.0, -3.0]])
+    warped_mean, warped_cov = kf.warp(mean, cov, matrix)
+    transform = np.zeros((8, 8))
+    for offset in (0, 4):
+        transform[offset : offset + 2, offset : offset + 2] = linear
+        transform[offset + 2, offset + 2] = 1.0
+        transform[offset + 3, offset + 3] = scale
+    expected_mean = mean @ transform.T + [5.0, -3.0, 0, 0, 0, 0, 0, 0]
+    assert np.allclose(warped_mean, expected_mean)
+    full = kf.full_covariance(cov)
+    assert np.allclose(kf.full_covariance(warped_cov), transform @ full @ transform.T)
 
 
 def test_gating_distance_is_mahalanobis_and_gate_rejects_far_boxes():
@@ -69,7 +112,8 @@ def test_gating_distance_is_mahalanobis_and_gate_rejects_far_boxes():
     mean, cov = kf.predict(*kf.initiate(np.array([[200.0, 100.0, 0.5, 60.0], [400.0, 200.0, 1.0, 30.0]])))
     measurements = np.array([[203.0, 98.0, 0.52, 61.0], [260.0, 100.0, 0.5, 60.0], [401.0, 201.0, 1.0, 30.0]])
     distance = kf.gating_distance(mean, cov, measurements)
-    projected_mean, projected_cov = kf.project(mean, cov)
+    projected_mean, innovation_var = kf.project(mean, cov)
+    projected_cov = np.stack([np.diag(v) for v in innovation_var])
     for i in range(2):
         inverse = np.linalg.inv(projected_cov[i])
         for j in range(3):

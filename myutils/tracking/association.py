@@ -60,22 +60,29 @@ def linear_assignment(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np
     as DeepSORT and ByteTrack call it): every unmatched row and every unmatched column costs
     ``max_cost / 2``, so a pair is made only where it is cheaper than leaving both ends unmatched,
     and two mediocre pairs never win over one good pair. Pairs costing ``max_cost`` or more (and
-    forbidden ``inf`` pairs) are never made. Returns ``matches [K, 2]`` (row, column), the
-    unmatched rows and the unmatched columns.
+    forbidden ``inf`` or ``nan`` pairs) are never made. Returns ``matches [K, 2]`` (row, column),
+    the unmatched rows and the unmatched columns.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    rows, cols = cost.shape
+    matched_rows, matched_cols = optimal_pairs(np.where(np.isnan(cost), np.inf, cost), max_cost)
+    row_free, col_free = np.ones(rows, dtype=bool), np.ones(cols, dtype=bool)
+    row_free[matched_rows] = False
+    col_free[matched_cols] = False
+    return np.column_stack([matched_rows, matched_cols]), np.nonzero(row_free)[0], np.nonzero(col_free)[0]
+
+
+def optimal_pairs(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and columns of :func:`linear_assignment`'s pairs (``cost`` a float array without nan).
 
     Solved as a rectangular assignment on ``min(cost, max_cost)``: a forced pair at ``max_cost``
     costs exactly what its two unmatched ends would, so both problems have the same optimum.
     """
     if not np.isfinite(max_cost):
         raise ValueError(f"max_cost must be finite, got {max_cost}")
-    cost = np.asarray(cost, dtype=np.float64)
-    rows, cols = cost.shape
-    if rows == 0 or cols == 0:
-        return np.zeros((0, 2), dtype=int), np.arange(rows), np.arange(cols)
-    capped = np.minimum(np.where(np.isnan(cost), np.inf, cost), max_cost)
-    row_index, col_index = linear_sum_assignment(capped)
-    keep = capped[row_index, col_index] < max_cost
-    matches = np.stack([row_index[keep], col_index[keep]], axis=1)
-    unmatched_rows = np.setdiff1d(np.arange(rows), matches[:, 0])
-    unmatched_cols = np.setdiff1d(np.arange(cols), matches[:, 1])
-    return matches, unmatched_rows, unmatched_cols
+    if cost.size == 0:
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    capped = np.minimum(cost, max_cost)
+    rows, cols = linear_sum_assignment(capped)
+    keep = capped[rows, cols] < max_cost
+    return rows[keep], cols[keep]

@@ -1,20 +1,27 @@
-"""Constant-velocity Kalman filter for image boxes (DeepSORT style), batched over tracks.
+"""Constant-velocity Kalman filter for image boxes, batched over tracks, with per-coordinate blocks.
 
-State ``x = [cx, cy, a, h, vcx, vcy, va, vh]`` (centre, aspect ratio w/h, height and their
-velocities), measurement ``z = [cx, cy, a, h]``, one frame per step (dt = 1):
+Two box parameterisations (``state``):
+- ``xyah`` (DeepSORT): measurement ``z = [cx, cy, a, h]`` (centre, aspect ratio w/h, height); the
+  noise of cx, cy, h scales with the height, the aspect ratio gets small fixed noise;
+- ``xywh`` (BoT-SORT): measurement ``z = [cx, cy, w, h]``; the noise of cx and w scales with the
+  width, of cy and h with the height (a box may change shape freely).
+The state is ``x = [z, ż]`` (8 numbers), one frame per step (dt = 1):
 
-    predict:  x' = F x,              P' = F P Fᵀ + Q(h)
-    project:  z' = H x',             S  = H P' Hᵀ + R(h)
-    update:   K = P' Hᵀ S⁻¹,         x  = x' + K (z − z'),     P = P' − K S Kᵀ
-    gating:   d² = (z − z')ᵀ S⁻¹ (z − z')  compared with the χ²(4 dof) quantile
+    predict:  x' = F x,              P' = F P Fᵀ + Q
+    update:   S = H P' Hᵀ + R,  K = P' Hᵀ S⁻¹,  x = x' + K (z − H x'),  P = P' − K S Kᵀ
+    gating:   d² = (z − H x')ᵀ S⁻¹ (z − H x')  compared with a χ² quantile
 
-The noise standard deviations scale with the box height ``h`` (``position_weight · h`` for
-positions, ``velocity_weight · h`` for velocities), so a near, large object may move more pixels
-than a far, small one. The aspect ratio gets small fixed noise: shapes change slowly.
+Noise standard deviations are ``position_weight ·`` size for positions and measurements and
+``velocity_weight ·`` size for velocities (DeepSORT's 1/20 and 1/160). Because F couples each
+coordinate only with its own velocity and Q, R and the initial P are diagonal, P stays a set of
+independent 2×2 blocks, one per coordinate: the covariance is stored as ``cov [N, 3, 4]`` =
+(var of the coordinate, its covariance with its velocity, var of the velocity) per coordinate,
+and every step is elementwise arithmetic (no matrix inverse). :meth:`full_covariance` rebuilds
+the 8×8 matrices.
+
 ``update`` may scale the measurement noise per track (StrongSORT's NSA: ``R · (1 − score)``, a
 confident detection is trusted more); ``warp`` moves every state with the camera (an image-to-image
-similarity ``x' = M x + t``; BoT-SORT's camera-motion compensation).
-Every method takes and returns arrays with a leading track axis: ``mean [N, 8]``, ``cov [N, 8, 8]``.
+similarity ``p' = M p + t``; BoT-SORT's camera-motion compensation).
 """
 
 from __future__ import annotations
@@ -22,7 +29,14 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import chi2
 
+from myutils.tracking.boxes import xyah_to_xyxy, xywh_to_xyxy, xyxy_to_xyah, xyxy_to_xywh
+
 STATE_DIM, MEASUREMENT_DIM = 8, 4
+STATES = ("xyah", "xywh")
+_PREDICT_BLOCKS = np.array([[1.0, 2.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+_GAIN_ROWS, _COV_ROWS = np.array([0, 0, 1]), np.array([0, 1, 1])
+_XYAH_SCALED, _XYAH_ASPECT = np.array([1.0, 1.0, 0.0, 1.0]), np.array([0.0, 0.0, 1.0, 0.0])
+_XYWH_SIZES = np.array([2, 3, 2, 3])
 
 
 def chi2_gate(probability: float = 0.95, dof: int = MEASUREMENT_DIM) -> float:
@@ -30,53 +44,62 @@ def chi2_gate(probability: float = 0.95, dof: int = MEASUREMENT_DIM) -> float:
     return float(chi2.ppf(probability, dof))
 
 
+def boxes_to_measurements(boxes_xyxy: np.ndarray, state: str) -> np.ndarray:
+    """xyxy boxes ``[N, 4]`` as measurements (``[cx, cy, a, h]`` or ``[cx, cy, w, h]``)."""
+    return xyxy_to_xyah(boxes_xyxy) if state == "xyah" else xyxy_to_xywh(boxes_xyxy)
+
+
+def measurements_to_boxes(measurements: np.ndarray, state: str) -> np.ndarray:
+    """The inverse of :func:`boxes_to_measurements`."""
+    return xyah_to_xyxy(measurements) if state == "xyah" else xywh_to_xyxy(measurements)
+
+
 class KalmanBoxFilter:
-    def __init__(self, position_weight: float = 1.0 / 20, velocity_weight: float = 1.0 / 160):
+    def __init__(
+        self, position_weight: float = 1.0 / 20, velocity_weight: float = 1.0 / 160, state: str = "xyah"
+    ):
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
         self.position_weight = position_weight
         self.velocity_weight = velocity_weight
-        self.transition = np.eye(STATE_DIM)
-        self.transition[:MEASUREMENT_DIM, MEASUREMENT_DIM:] = np.eye(MEASUREMENT_DIM)
-        self.observation = np.eye(MEASUREMENT_DIM, STATE_DIM)
+        self.state = state
 
-    def _position_std(self, height: np.ndarray, aspect_std: float) -> np.ndarray:
-        w = self.position_weight * height
-        return np.stack([w, w, np.full_like(height, aspect_std), w], axis=1)
-
-    def _velocity_std(self, height: np.ndarray) -> np.ndarray:
-        w = self.velocity_weight * height
-        return np.stack([w, w, np.full_like(height, 1e-5), w], axis=1)
+    def _stds(self, mean: np.ndarray, weight: float, aspect_std: float) -> np.ndarray:
+        """Noise standard deviations ``[N, 4]``: ``weight`` times the size each coordinate scales with
+        (height; or width for cx and w with ``xywh``), a fixed ``aspect_std`` for the aspect ratio."""
+        if self.state == "xyah":
+            return np.multiply.outer(weight * mean[:, 3], _XYAH_SCALED) + aspect_std * _XYAH_ASPECT
+        return weight * mean[:, _XYWH_SIZES]
 
     def initiate(self, measurements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """New tracks from measurements ``[N, 4]``: zero velocity, wide velocity uncertainty."""
+        """New tracks from measurements ``[N, 4]``: zero velocity, wide velocity uncertainty
+        (DeepSORT's initial spread: twice the position noise, ten times the velocity noise)."""
         measurements = np.asarray(measurements, dtype=np.float64).reshape(-1, MEASUREMENT_DIM)
         mean = np.concatenate([measurements, np.zeros_like(measurements)], axis=1)
-        height = measurements[:, 3]
-        # DeepSORT's initial spread: twice the position noise, ten times the velocity noise; the
-        # aspect ratio 1e-2 and its velocity 1e-5 (shapes change slowly)
-        std = np.concatenate(
-            [2 * self._position_std(height, 0.5e-2), 10 * self._velocity_std(height)], axis=1
-        )
-        std[:, 6] = 1e-5
-        return mean, _diagonal(std**2)
+        cov = np.zeros((len(mean), 3, MEASUREMENT_DIM))
+        cov[:, 0] = (2 * self._stds(mean, self.position_weight, 0.5e-2)) ** 2
+        cov[:, 2] = (10 * self._stds(mean, self.velocity_weight, 1e-6)) ** 2
+        return mean, cov
 
     def predict(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One step ahead for every track."""
-        height = mean[:, 3]
-        std = np.concatenate([self._position_std(height, 1e-2), self._velocity_std(height)], axis=1)
-        mean = mean @ self.transition.T
-        cov = self.transition @ cov @ self.transition.T + _diagonal(std**2)
-        return mean, cov
+        """One step ahead for every track (the process noise from the sizes before the step)."""
+        noise = np.zeros_like(cov)
+        noise[:, 0] = self._stds(mean, self.position_weight, 1e-2) ** 2
+        noise[:, 2] = self._stds(mean, self.velocity_weight, 1e-5) ** 2
+        new_mean = mean.copy()
+        new_mean[:, :MEASUREMENT_DIM] += mean[:, MEASUREMENT_DIM:]
+        # F P Fᵀ per block (pp, pv, vv) -> (pp + 2 pv + vv, pv + vv, vv)
+        return new_mean, _PREDICT_BLOCKS @ cov + noise
 
     def project(
         self, mean: np.ndarray, cov: np.ndarray, noise_scale: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The state in measurement space: ``z' [N, 4]`` and the innovation covariance ``S [N, 4, 4]``
-        (measurement noise times ``noise_scale [N]`` where given)."""
-        variance = self._position_std(mean[:, 3], 1e-1) ** 2
+        """The state in measurement space: ``z' [N, 4]`` and the innovation variances ``S [N, 4]``
+        (S is diagonal; measurement noise times ``noise_scale [N]`` where given)."""
+        variance = self._stds(mean, self.position_weight, 1e-1) ** 2
         if noise_scale is not None:
             variance = variance * np.asarray(noise_scale, dtype=np.float64).reshape(-1, 1)
-        projected_cov = self.observation @ cov @ self.observation.T + _diagonal(variance)
-        return mean[:, :MEASUREMENT_DIM], projected_cov
+        return mean[:, :MEASUREMENT_DIM], cov[:, 0] + variance
 
     def update(
         self,
@@ -87,31 +110,33 @@ class KalmanBoxFilter:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Correct each track ``i`` with its own measurement ``measurements[i]`` (measurement noise
         times ``noise_scale[i]`` where given)."""
-        projected_mean, projected_cov = self.project(mean, cov, noise_scale)
-        cross = cov @ self.observation.T  # P Hᵀ  [N, 8, 4]
-        # K = P Hᵀ S⁻¹, solved as S Kᵀ = H P (S is symmetric positive definite)
-        gain = np.linalg.solve(projected_cov, np.swapaxes(cross, 1, 2)).swapaxes(1, 2)
+        projected_mean, innovation_var = self.project(mean, cov, noise_scale)
+        gain = cov[:, :2] / innovation_var[:, None]  # [N, 2, 4]: K for the coordinates and their velocities
         innovation = np.asarray(measurements, dtype=np.float64).reshape(-1, MEASUREMENT_DIM) - projected_mean
-        new_mean = mean + np.einsum("nij,nj->ni", gain, innovation)
-        new_cov = cov - gain @ projected_cov @ np.swapaxes(gain, 1, 2)
+        new_mean = mean + (gain * innovation[:, None]).reshape(len(mean), STATE_DIM)
+        # P − K S Kᵀ per block: (pp − kp pp, pv − kp pv, vv − kv pv)
+        new_cov = cov - gain[:, _GAIN_ROWS] * cov[:, _COV_ROWS]
         return new_mean, new_cov
 
-    @staticmethod
-    def warp(mean: np.ndarray, cov: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def warp(self, mean: np.ndarray, cov: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every state after the camera moved by ``matrix [2, 3]`` (``p' = M p + t``, a similarity):
-        centres and their velocities go through ``M``, heights and their velocities scale with
-        ``sqrt(|det M|)``, aspect ratios stay; the covariance follows, ``P' = T P Tᵀ``."""
+        centres and their velocities go through ``M``, sizes (h, and w for ``xywh``) and their
+        velocities scale with ``s = sqrt(|det M|)``, aspect ratios stay; variances of centres and sizes
+        scale with s². With ``xyah`` this is ``T P Tᵀ`` exactly: the x and y blocks are equal (the same
+        noise models), so a rotation leaves them unchanged; with ``xywh`` (x and y blocks differ)
+        the rotation part of the covariance is left out, as small as camera roll is."""
         matrix = np.asarray(matrix, dtype=np.float64).reshape(2, 3)
         linear, shift = matrix[:, :2], matrix[:, 2]
         scale = float(np.sqrt(abs(np.linalg.det(linear))))
-        transform = np.zeros((STATE_DIM, STATE_DIM))
-        for offset in (0, MEASUREMENT_DIM):
-            transform[offset : offset + 2, offset : offset + 2] = linear
-            transform[offset + 2, offset + 2] = 1.0
-            transform[offset + 3, offset + 3] = scale
-        mean = mean @ transform.T
-        mean[:, :2] += shift
-        return mean, transform @ cov @ transform.T
+        new_mean = mean.copy()
+        new_mean[:, 0:2] = mean[:, 0:2] @ linear.T + shift
+        new_mean[:, 4:6] = mean[:, 4:6] @ linear.T
+        sized = [3, 7] if self.state == "xyah" else [2, 3, 6, 7]
+        new_mean[:, sized] *= scale
+        factor = np.full(MEASUREMENT_DIM, scale**2)
+        if self.state == "xyah":
+            factor[2] = 1.0  # the aspect ratio does not change with the zoom
+        return new_mean, cov * factor
 
     def gating_distance(
         self, mean: np.ndarray, cov: np.ndarray, measurements: np.ndarray, only_position: bool = False
@@ -120,22 +145,19 @@ class KalmanBoxFilter:
 
         With ``only_position`` only the centre is compared (use ``chi2_gate(dof=2)`` then).
         """
-        projected_mean, projected_cov = self.project(mean, cov)
+        projected_mean, innovation_var = self.project(mean, cov)
         measurements = np.asarray(measurements, dtype=np.float64).reshape(-1, MEASUREMENT_DIM)
-        if only_position:
-            projected_mean, projected_cov = projected_mean[:, :2], projected_cov[:, :2, :2]
-            measurements = measurements[:, :2]
-        if len(projected_mean) == 0 or len(measurements) == 0:
-            return np.zeros((len(projected_mean), len(measurements)))
-        difference = measurements[None, :, :] - projected_mean[:, None, :]  # [N, M, d]
-        cholesky = np.linalg.cholesky(projected_cov)  # S = L Lᵀ, so d² = |L⁻¹ diff|²
-        whitened = np.linalg.solve(cholesky, np.swapaxes(difference, 1, 2))  # [N, d, M]
-        return np.sum(whitened**2, axis=1)
+        dims = slice(0, 2) if only_position else slice(0, MEASUREMENT_DIM)
+        difference = measurements[None, :, dims] - projected_mean[:, None, dims]  # [N, M, d]
+        return np.sum(difference**2 / innovation_var[:, None, dims], axis=2)
 
-
-def _diagonal(values: np.ndarray) -> np.ndarray:
-    """Batched diagonal matrices ``[N, d, d]`` from ``[N, d]``."""
-    out = np.zeros(values.shape + values.shape[-1:])
-    index = np.arange(values.shape[-1])
-    out[:, index, index] = values
-    return out
+    @staticmethod
+    def full_covariance(cov: np.ndarray) -> np.ndarray:
+        """The 8×8 covariance matrices ``[N, 8, 8]`` of the compact ``[N, 3, 4]`` form."""
+        full = np.zeros((len(cov), STATE_DIM, STATE_DIM))
+        index = np.arange(MEASUREMENT_DIM)
+        full[:, index, index] = cov[:, 0]
+        full[:, index, index + MEASUREMENT_DIM] = cov[:, 1]
+        full[:, index + MEASUREMENT_DIM, index] = cov[:, 1]
+        full[:, index + MEASUREMENT_DIM, index + MEASUREMENT_DIM] = cov[:, 2]
+        return full

@@ -29,27 +29,34 @@ unmatched costs the round's limit):
    heights per second of the last observed position (re-identification after the motion
    prediction has drifted away; an identity never jumps across the image).
 
-A track found again after a gap is re-filtered along a straight virtual path from its last
-observation (OC-SORT's observation-centric re-update), so the velocity it lost while coasting
-is not carried on. Appearance memory is updated only by confident detections whose look agrees
-with the track (a match made on overlap alone with a mismatched look does not teach the track
-a wrong look). Unmatched high-score detections scoring at least ``new_track_score`` start
-tentative tracks; a tentative track is confirmed after ``n_init`` consecutive hits and deleted
-at its first miss; a confirmed track missed for more than ``max_age_seconds`` is deleted.
+Appearance memory is updated only by confident detections whose look agrees with the track (a
+match made on overlap alone with a mismatched look does not teach the track a wrong look).
+Unmatched high-score detections scoring at least ``new_track_score`` start tentative tracks; a
+tentative track is confirmed after ``n_init`` consecutive hits and deleted at its first miss; a
+confirmed track missed for more than ``max_age_seconds`` is deleted.
+
+The tracks live in arrays (one row per track; :class:`TrackTable`), so a frame costs a fixed
+number of vectorised steps whatever the number of tracks; :attr:`Tracker.tracks` gives a
+per-track view for inspection.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field, fields
-from enum import Enum
 
 import numpy as np
 
 from myutils.cli import InputError
-from myutils.tracking.association import appearance_distance, fuse_costs, linear_assignment, normalize_rows
-from myutils.tracking.boxes import iou_matrix, tlwh_to_xyxy, xyah_to_xyxy, xyxy_to_tlwh, xyxy_to_xyah
-from myutils.tracking.kalman_filter import KalmanBoxFilter, chi2_gate
+from myutils.tracking.association import appearance_distance, fuse_costs, normalize_rows, optimal_pairs
+from myutils.tracking.boxes import iou_matrix, tlwh_to_xyxy, xyxy_to_tlwh
+from myutils.tracking.kalman_filter import (
+    STATES,
+    KalmanBoxFilter,
+    boxes_to_measurements,
+    chi2_gate,
+    measurements_to_boxes,
+)
 
 
 def _param(default, help_text: str):
@@ -91,9 +98,11 @@ class TrackerConfig:
     direction_weight: float = _param(
         0.2, "round 1: weight of OC-SORT's velocity-direction consistency (0 = off), times the detection score"
     )
-    direction_frames: int = _param(3, "frames between the observations that give a track's direction")
-    reupdate: bool = _param(
-        True, "OC-SORT re-update: re-filter a re-found track along a virtual path from its last observation"
+    direction_delta: int = _param(
+        3, "a track's direction: from its observation this many observations back to the newest (OC-SORT's dt)"
+    )
+    kalman_state: str = _param(
+        "xyah", "Kalman box parameterisation: xyah (DeepSORT: aspect ratio + height) or xywh (BoT-SORT)"
     )
     score_scaled_noise: bool = _param(
         False, "measurement noise times (1 - score) (StrongSORT's NSA): confident boxes are trusted more"
@@ -136,8 +145,8 @@ class TrackerConfig:
             raise InputError(
                 f"need 0 <= low_score <= high_score <= 1, got {self.low_score} and {self.high_score}"
             )
-        if min(self.n_init, self.bank_size, self.bank_top_k, self.direction_frames, self.reid_min_missed) < 1:
-            raise InputError("n_init, bank_size, bank_top_k, direction_frames and reid_min_missed must be >= 1")
+        if min(self.n_init, self.bank_size, self.bank_top_k, self.direction_delta, self.reid_min_missed) < 1:
+            raise InputError("n_init, bank_size, bank_top_k, direction_delta and reid_min_missed must be >= 1")
         if self.max_age_seconds <= 0 or self.reid_window_seconds < 0 or self.reid_max_speed < 0:
             raise InputError("max_age_seconds must be > 0; reid_window_seconds and reid_max_speed >= 0")
         if self.position_noise <= 0 or self.velocity_noise <= 0:
@@ -148,6 +157,8 @@ class TrackerConfig:
             raise InputError("appearance_weight must be in [0, 1] and ema_momentum in [0, 1)")
         if self.max_fused_cost <= 0:
             raise InputError(f"max_fused_cost must be > 0, got {self.max_fused_cost}")
+        if self.kalman_state not in STATES:
+            raise InputError(f"kalman_state must be one of {STATES}, got {self.kalman_state!r}")
 
     @classmethod
     def field_help(cls) -> dict[str, str]:
@@ -158,53 +169,74 @@ class TrackerConfig:
         return max(1, int(round(seconds * fps)))
 
 
-class TrackState(Enum):
-    TENTATIVE = "tentative"
-    CONFIRMED = "confirmed"
-    DELETED = "deleted"
-
-
 @dataclass
-class Track:
-    """One identity: its Kalman state, life-cycle counters, last observations and appearance memory."""
+class TrackTable:
+    """Every track's state, one row per track (Kalman state, observations, life cycle, appearance)."""
 
-    mean: np.ndarray  # [8]
-    cov: np.ndarray  # [8, 8]
-    score: float
-    observed_box: np.ndarray  # xyxy of the last matched detection (moved with the camera)
-    class_id: int = -1
-    track_id: int = 0  # given at confirmation, so reported ids count up without gaps
-    state: TrackState = TrackState.TENTATIVE
-    hits: int = 1
-    time_since_update: int = 0
-    feature: np.ndarray | None = None  # EMA of the embeddings, unit length
-    bank: deque = field(default_factory=deque)
-    # the filter state right after the last update, for the re-update after a gap
-    observed_mean: np.ndarray | None = None
-    observed_cov: np.ndarray | None = None
-    # (frame number, centre) of recent observations, for the velocity direction
-    recent_centres: deque = field(default_factory=deque)
-    direction: np.ndarray | None = None  # unit vector of the observed motion
+    mean: np.ndarray  # [N, 8] Kalman state
+    cov: np.ndarray  # [N, 3, 4] its covariance blocks (see KalmanBoxFilter)
+    observed_box: np.ndarray  # [N, 4] xyxy of the last matched detection (moved with the camera)
+    history: np.ndarray  # [N, direction_delta, 2] the last observed centres, oldest first
+    direction: np.ndarray  # [N, 2] unit vector of the observed motion (nan = not known yet)
+    score: np.ndarray  # [N] score of the last matched detection
+    class_id: np.ndarray  # [N] int
+    track_id: np.ndarray  # [N] int, 0 while tentative (ids are given at confirmation, without gaps)
+    hits: np.ndarray  # [N] int, matched frames
+    missed: np.ndarray  # [N] int, frames since the last match
+    feature: np.ndarray | None  # [N, D] EMA of the embeddings (unit length), None = no embeddings yet
+    has_feature: np.ndarray  # [N] bool
+    banks: list  # N deques of recent embeddings
+
+    def __len__(self) -> int:
+        return len(self.mean)
 
     @property
-    def box_xyxy(self) -> np.ndarray:
-        return xyah_to_xyxy(self.mean[:4])[0]
+    def confirmed(self) -> np.ndarray:
+        return self.track_id > 0
 
-    def add_embedding(self, embedding: np.ndarray, momentum: float) -> None:
-        if self.feature is None:
-            self.feature = embedding
+    def select(self, index: np.ndarray) -> TrackTable:
+        """The rows ``index`` (indices or a boolean mask) as a new table."""
+        index = np.nonzero(index)[0] if np.asarray(index).dtype == bool else np.asarray(index, dtype=int)
+        values = {
+            f.name: getattr(self, f.name)[index]
+            for f in fields(self)
+            if f.name not in ("feature", "banks")
+        }
+        feature = None if self.feature is None else self.feature[index]
+        return TrackTable(**values, feature=feature, banks=[self.banks[i] for i in index])
+
+    def extend(self, other: TrackTable) -> TrackTable:
+        """This table with the rows of ``other`` appended."""
+        values = {
+            f.name: np.concatenate([getattr(self, f.name), getattr(other, f.name)])
+            for f in fields(self)
+            if f.name not in ("feature", "banks")
+        }
+        if self.feature is None and other.feature is None:
+            feature = None
         else:
-            mixed = momentum * self.feature + (1.0 - momentum) * embedding
-            self.feature = mixed / max(np.linalg.norm(mixed), 1e-12)
-        self.bank.append(embedding)
+            dim = (self.feature if self.feature is not None else other.feature).shape[1]
+            feature = np.concatenate(
+                [t.feature if t.feature is not None else np.zeros((len(t), dim)) for t in (self, other)]
+            )
+        return TrackTable(**values, feature=feature, banks=self.banks + other.banks)
 
-    def reference_centre(self, frame: int, frames_back: int) -> np.ndarray:
-        """OC-SORT's reference observation: the oldest observed centre at most ``frames_back`` frames
-        before ``frame``, or the last observed one when there is none that recent."""
-        for observed_frame, centre in self.recent_centres:
-            if observed_frame >= frame - frames_back:
-                return centre
-        return self.recent_centres[-1][1]
+
+@dataclass(frozen=True)
+class Track:
+    """One track as seen from outside (a copy of its row of the :class:`TrackTable`)."""
+
+    track_id: int  # 0 while tentative
+    confirmed: bool
+    mean: np.ndarray
+    cov: np.ndarray
+    observed_box: np.ndarray
+    class_id: int
+    score: float
+    hits: int
+    time_since_update: int
+    feature: np.ndarray | None
+    bank: tuple
 
 
 @dataclass
@@ -230,6 +262,9 @@ def warp_boxes(boxes_xyxy: np.ndarray, warp: np.ndarray) -> np.ndarray:
     return np.concatenate([centres - half, centres + half], axis=1)
 
 
+NO_PAIRS = (np.zeros(0, dtype=int), np.zeros(0, dtype=int))
+
+
 class Tracker:
     def __init__(self, config: TrackerConfig | None = None, fps: float = 30.0):
         if not np.isfinite(fps) or fps <= 0:
@@ -238,11 +273,32 @@ class Tracker:
         self.fps = float(fps)
         self.max_age = self.config.frames(self.config.max_age_seconds, fps)
         self.reid_window = self.config.frames(self.config.reid_window_seconds, fps)
-        self.kalman = KalmanBoxFilter(self.config.position_noise, self.config.velocity_noise)
+        self.kalman = KalmanBoxFilter(self.config.position_noise, self.config.velocity_noise, self.config.kalman_state)
         self.gate = chi2_gate(self.config.gate_probability, dof=2)
-        self.tracks: list[Track] = []
+        self.table = self._empty_table()
         self.frame = 0  # frames seen so far
         self._next_id = 1
+
+    @property
+    def tracks(self) -> list[Track]:
+        """A copy of every live track (tentative and confirmed), for inspection."""
+        t = self.table
+        return [
+            Track(
+                int(t.track_id[i]),
+                bool(t.track_id[i] > 0),
+                t.mean[i].copy(),
+                t.cov[i].copy(),
+                t.observed_box[i].copy(),
+                int(t.class_id[i]),
+                float(t.score[i]),
+                int(t.hits[i]),
+                int(t.missed[i]),
+                t.feature[i].copy() if t.has_feature[i] else None,
+                tuple(t.banks[i]),
+            )
+            for i in range(len(t))
+        ]
 
     def update(
         self,
@@ -254,84 +310,99 @@ class Tracker:
     ) -> list[TrackedObject]:
         """Advance one frame (see the module docstring for the contract and the rounds)."""
         boxes, scores, embeddings, class_ids = self._check_inputs(boxes_xyxy, scores, embeddings, class_ids)
-        cfg = self.config
+        cfg, t = self.config, self.table
         self.frame += 1
         self._predict(camera_warp)
+        t = self.table
+        if len(t) == 0 and len(boxes) == 0:
+            return []
 
-        keep = scores >= cfg.low_score
-        high = np.nonzero(keep & (scores >= cfg.high_score))[0]
-        low = np.nonzero(keep & (scores < cfg.high_score))[0]
-        measurements = xyxy_to_xyah(boxes)
-        confirmed = [i for i, t in enumerate(self.tracks) if t.state is TrackState.CONFIRMED]
-        tentative = [i for i, t in enumerate(self.tracks) if t.state is TrackState.TENTATIVE]
-        matches: list[tuple[int, int]] = []
-        rounds = (boxes, scores, class_ids)
+        is_high = scores >= cfg.high_score
+        high = np.flatnonzero(is_high)
+        low = np.flatnonzero(~is_high & (scores >= cfg.low_score))
+        measurements = boxes_to_measurements(boxes, cfg.kalman_state)
+        predicted = measurements_to_boxes(t.mean[:, :4], cfg.kalman_state)
+        is_confirmed = t.confirmed
+        confirmed = np.flatnonzero(is_confirmed)
+        tentative = np.flatnonzero(~is_confirmed)
+        det = (boxes, scores, class_ids, embeddings)
+        track_free, det_free = np.ones(len(t), dtype=bool), np.ones(len(boxes), dtype=bool)
+        track_parts, det_parts = [], []
+
+        def take(pairs):
+            if len(pairs[0]) == 0:
+                return
+            track_free[pairs[0]] = False
+            det_free[pairs[1]] = False
+            track_parts.append(pairs[0])
+            det_parts.append(pairs[1])
 
         # round 1: confirmed tracks x high-score detections, motion (+ appearance)
-        pairs, confirmed_left, high_left = self._match_confirmed(confirmed, high, *rounds, measurements, embeddings)
-        matches += pairs
+        take(self._match_confirmed(confirmed, high, det, measurements, predicted))
+        confirmed, high = confirmed[track_free[confirmed]], high[det_free[high]]
         # round 2: tracks seen in the previous frame x low-score detections, IoU only
-        recent = [i for i in confirmed_left if self.tracks[i].time_since_update == 1]
-        pairs, _, _ = self._match_iou(recent, low, *rounds, cfg.min_iou_low)
-        matches += pairs
-        extended = {track_index for track_index, _ in pairs}
-        confirmed_left = [i for i in confirmed_left if i not in extended]
+        take(self._match_iou(confirmed[t.missed[confirmed] == 1], low, det, predicted, cfg.min_iou_low))
+        confirmed = confirmed[track_free[confirmed]]
         # round 3: the rest x remaining high-score detections, IoU with the last observed box
         if cfg.min_iou_recovery < 1.0:
-            pairs, confirmed_left, high_left = self._match_iou(
-                confirmed_left, high_left, *rounds, cfg.min_iou_recovery, observed=True
-            )
-            matches += pairs
+            take(self._match_iou(confirmed, high, det, t.observed_box, cfg.min_iou_recovery))
+            confirmed, high = confirmed[track_free[confirmed]], high[det_free[high]]
         # round 4: tentative tracks x remaining high-score detections, IoU only
-        pairs, _, high_left = self._match_iou(tentative, high_left, *rounds, cfg.min_iou_tentative)
-        matches += pairs
+        take(self._match_iou(tentative, high, det, predicted, cfg.min_iou_tentative))
+        high = high[det_free[high]]
         # round 5: lost tracks x remaining high-score detections, appearance only, near where they were lost
         if embeddings is not None:
-            lost = [
-                i
-                for i in confirmed_left
-                if cfg.reid_min_missed <= self.tracks[i].time_since_update <= self.reid_window
-            ]
-            pairs, _, high_left = self._match_appearance(lost, high_left, boxes, class_ids, embeddings)
-            matches += pairs
+            missed = t.missed[confirmed]
+            lost = confirmed[(missed >= cfg.reid_min_missed) & (missed <= self.reid_window)]
+            take(self._match_appearance(lost, high, det))
+            high = high[det_free[high]]
 
-        updated = self._apply_matches(matches, boxes, measurements, scores, embeddings)
-        for track in self.tracks:
-            if track.time_since_update > 0 and (
-                track.state is TrackState.TENTATIVE or track.time_since_update > self.max_age
-            ):
-                track.state = TrackState.DELETED
-        self.tracks = [t for t in self.tracks if t.state is not TrackState.DELETED]
-        for j in high_left:
-            if scores[j] >= cfg.new_track_score:
-                self._start_track(
-                    boxes[j], measurements[j], scores[j], class_ids[j], None if embeddings is None else embeddings[j]
-                )
-
+        reported = []
+        if track_parts:
+            rows, cols = np.concatenate(track_parts), np.concatenate(det_parts)
+            reported = self._apply_matches(rows, cols, boxes, measurements, scores, embeddings)
+        self._drop_unmatched()
+        starts = high[scores[high] >= cfg.new_track_score]
+        if len(starts):
+            self._start_tracks(starts, boxes, measurements, scores, class_ids, embeddings)
         # the matched detection's box is reported: the filtered box lags behind on turns and size changes
-        reported = [
-            TrackedObject(track.track_id, boxes[j], track.score, j, track.class_id)
-            for track, j in updated
-            if track.state is TrackState.CONFIRMED
+        objects = [
+            TrackedObject(track_id, boxes[j], float(scores[j]), j, -1 if class_ids is None else int(class_ids[j]))
+            for track_id, j in reported
         ]
-        return sorted(reported, key=lambda obj: obj.track_id)
+        return sorted(objects, key=lambda obj: obj.track_id)
 
     # --- steps -------------------------------------------------------------------------------------
+    def _empty_table(self) -> TrackTable:
+        return TrackTable(
+            mean=np.zeros((0, 8)),
+            cov=np.zeros((0, 3, 4)),
+            observed_box=np.zeros((0, 4)),
+            history=np.zeros((0, self.config.direction_delta, 2)),
+            direction=np.zeros((0, 2)),
+            score=np.zeros(0),
+            class_id=np.zeros(0, dtype=np.int64),
+            track_id=np.zeros(0, dtype=np.int64),
+            hits=np.zeros(0, dtype=np.int64),
+            missed=np.zeros(0, dtype=np.int64),
+            feature=None,
+            has_feature=np.zeros(0, dtype=bool),
+            banks=[],
+        )
+
     def _check_inputs(self, boxes, scores, embeddings, class_ids):
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if len(scores) != len(boxes):
             raise InputError(f"got {len(boxes)} boxes but {len(scores)} scores")
-        if np.any(boxes[:, 2] <= boxes[:, 0]) or np.any(boxes[:, 3] <= boxes[:, 1]):
+        if (boxes[:, 2:] <= boxes[:, :2]).any():
             raise InputError("boxes must be xyxy with right > left and bottom > top")
         if embeddings is not None:
             embeddings = np.asarray(embeddings, dtype=np.float64)
             if embeddings.ndim != 2 or len(embeddings) != len(boxes):
                 raise InputError(f"embeddings must be [{len(boxes)}, D], got shape {embeddings.shape}")
             embeddings = normalize_rows(embeddings)
-        if class_ids is None:
-            class_ids = np.full(len(boxes), -1, dtype=np.int64)
-        else:
+        if class_ids is not None:
             class_ids = np.asarray(class_ids).reshape(-1)
             if len(class_ids) != len(boxes):
                 raise InputError(f"got {len(boxes)} boxes but {len(class_ids)} class ids")
@@ -339,167 +410,157 @@ class Tracker:
         return boxes, scores, embeddings, class_ids
 
     def _predict(self, camera_warp: np.ndarray | None) -> None:
-        if not self.tracks:
+        t = self.table
+        if len(t) == 0:
             return
-        mean, cov = self.kalman.predict(
-            np.stack([t.mean for t in self.tracks]), np.stack([t.cov for t in self.tracks])
-        )
-        if camera_warp is not None:
-            warp = np.asarray(camera_warp, dtype=np.float64).reshape(2, 3)
-            mean, cov = self.kalman.warp(mean, cov, warp)
-            self._warp_observations(warp)
-        for track, m, c in zip(self.tracks, mean, cov, strict=True):
-            track.mean, track.cov = m, c
-            track.time_since_update += 1
+        t.mean, t.cov = self.kalman.predict(t.mean, t.cov)
+        t.missed += 1
+        if camera_warp is None:
+            return
+        # what a track remembers of past frames, moved into the current image's coordinates
+        warp = np.asarray(camera_warp, dtype=np.float64).reshape(2, 3)
+        t.mean, t.cov = self.kalman.warp(t.mean, t.cov, warp)
+        t.observed_box = warp_boxes(t.observed_box, warp)
+        t.history = t.history @ warp[:, :2].T + warp[:, 2]
+        moved = t.direction @ warp[:, :2].T
+        t.direction = moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
 
-    def _warp_observations(self, warp: np.ndarray) -> None:
-        """What a track remembers of past frames, moved into the current image's coordinates."""
-        observed = warp_boxes(np.stack([t.observed_box for t in self.tracks]), warp)
-        for track, box in zip(self.tracks, observed, strict=True):
-            track.observed_box = box
-            track.recent_centres = deque(
-                (frame, warp[:, :2] @ centre + warp[:, 2]) for frame, centre in track.recent_centres
-            )
-            if track.direction is not None:
-                moved = warp[:, :2] @ track.direction
-                track.direction = moved / max(np.linalg.norm(moved), 1e-12)
-            if track.observed_mean is not None:
-                mean, cov = self.kalman.warp(track.observed_mean[None], track.observed_cov[None], warp)
-                track.observed_mean, track.observed_cov = mean[0], cov[0]
+    def _class_conflicts(self, track_index: np.ndarray, det_class_ids: np.ndarray | None) -> np.ndarray | bool:
+        """``[N, M]`` True where a track and a detection belong to different classes (False: no classes)."""
+        if det_class_ids is None:
+            return False
+        return self.table.class_id[track_index][:, None] != det_class_ids[None, :]
 
-    def _class_conflicts(self, tracks: list[Track], det_class_ids: np.ndarray) -> np.ndarray:
-        """``[N, M]`` True where a track and a detection belong to different classes."""
-        return np.array([t.class_id for t in tracks])[:, None] != det_class_ids[None, :]
+    def _direction_bonus(self, track_index: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """OC-SORT's velocity-direction consistency ``(π/2 − |Δθ|) / π = asin(cos Δθ) / π`` in [−0.5, 0.5],
+        times the detection score and ``direction_weight``: Δθ is the angle between the track's observed
+        direction and the way from its reference observation (``direction_delta`` observations back) to
+        the detection; 0 for tracks without a direction yet."""
+        t = self.table
+        directions = t.direction[track_index]
+        offsets = box_centres(boxes)[None, :, :] - t.history[track_index, 0][:, None, :]
+        length = np.maximum(np.hypot(offsets[..., 0], offsets[..., 1]), 1e-6)
+        cosine = (offsets[..., 0] * directions[:, 0:1] + offsets[..., 1] * directions[:, 1:2]) / length
+        bonus = np.arcsin(np.clip(cosine, -1.0, 1.0))
+        bonus *= (self.config.direction_weight / np.pi) * scores[None, :]
+        bonus[np.isnan(directions[:, 0])] = 0.0
+        return bonus
 
-    def _direction_bonus(self, tracks: list[Track], boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """OC-SORT's velocity-direction consistency ``(π/2 − |Δθ|) / π`` in [−0.5, 0.5], times the
-        detection score: positive where a detection lies along the track's observed direction."""
-        bonus = np.zeros((len(tracks), len(boxes)))
-        with_direction = [k for k, t in enumerate(tracks) if t.direction is not None]
-        if not with_direction or self.config.direction_weight == 0:
-            return bonus
-        frames_back = self.config.direction_frames
-        reference = np.stack([tracks[k].reference_centre(self.frame, frames_back) for k in with_direction])
-        offsets = box_centres(boxes)[None, :, :] - reference[:, None, :]
-        offsets /= np.maximum(np.linalg.norm(offsets, axis=2, keepdims=True), 1e-6)
-        directions = np.stack([tracks[k].direction for k in with_direction])
-        cosine = np.clip(np.einsum("nmd,nd->nm", offsets, directions), -1.0, 1.0)
-        bonus[with_direction] = (np.pi / 2 - np.arccos(cosine)) / np.pi
-        return self.config.direction_weight * bonus * scores[None, :]
-
-    def _match_confirmed(self, track_indices, det_indices, boxes, scores, class_ids, measurements, embeddings):
-        if not track_indices or len(det_indices) == 0:
-            return [], list(track_indices), np.asarray(det_indices)
-        cfg = self.config
-        tracks = [self.tracks[i] for i in track_indices]
-        mean = np.stack([t.mean for t in tracks])
-        cov = np.stack([t.cov for t in tracks])
-        forbidden = self._class_conflicts(tracks, class_ids[det_indices])
+    def _match_confirmed(self, track_index, det_index, det, measurements, predicted):
+        if len(track_index) == 0 or len(det_index) == 0:
+            return NO_PAIRS
+        boxes, scores, class_ids, embeddings = det
+        cfg, t = self.config, self.table
+        forbidden = self._class_conflicts(track_index, None if class_ids is None else class_ids[det_index])
+        overlap = iou_matrix(predicted[track_index], boxes[det_index])
+        motion = 1.0 - overlap
+        if cfg.direction_weight:
+            motion -= self._direction_bonus(track_index, boxes[det_index], scores[det_index])
+        with_features = t.has_feature[track_index]
+        if embeddings is None or not with_features.any():  # the overlap itself is the gate
+            motion[forbidden | (overlap < cfg.min_iou)] = np.inf
+            return self._assign(motion, 1.0 - cfg.min_iou, track_index, det_index)
+        # pairs without overlap may match on their look, only within the Mahalanobis gate
         forbidden |= (
-            self.kalman.gating_distance(mean, cov, measurements[det_indices], only_position=True) > self.gate
+            self.kalman.gating_distance(
+                t.mean[track_index], t.cov[track_index], measurements[det_index], only_position=True
+            )
+            > self.gate
         )
-        overlap = iou_matrix(xyah_to_xyxy(mean[:, :4]), boxes[det_indices])
-        motion = 1.0 - overlap - self._direction_bonus(tracks, boxes[det_indices], scores[det_indices])
-        with_features = [k for k, t in enumerate(tracks) if t.feature is not None]
-        if embeddings is None or not with_features:
-            cost = np.where(forbidden | (overlap < cfg.min_iou), np.inf, motion)
-            return self._assign(cost, 1.0 - cfg.min_iou, track_indices, det_indices)
         appearance = np.ones_like(motion)  # a track without a feature yet counts as unknown look
-        appearance[with_features] = self._appearance([tracks[k] for k in with_features], embeddings[det_indices])
+        appearance[with_features] = self._appearance(track_index[with_features], embeddings[det_index])
         cost = fuse_costs(np.minimum(appearance, 1.0), motion, cfg.appearance_weight)
         # a clear overlap may match whatever the look: weak embeddings must not break tracks
         vetoed = (appearance > cfg.max_appearance_distance) & (overlap < cfg.motion_override_iou)
         cost[forbidden | vetoed] = np.inf
-        return self._assign(cost, cfg.max_fused_cost, track_indices, det_indices)
+        return self._assign(cost, cfg.max_fused_cost, track_index, det_index)
 
-    def _match_iou(self, track_indices, det_indices, boxes, scores, class_ids, min_iou, observed=False):
-        if not track_indices or len(det_indices) == 0:
-            return [], list(track_indices), np.asarray(det_indices)
-        tracks = [self.tracks[i] for i in track_indices]
-        reference = np.stack([t.observed_box if observed else t.box_xyxy for t in tracks])
-        cost = 1.0 - iou_matrix(reference, boxes[det_indices])
-        cost[(cost > 1.0 - min_iou) | self._class_conflicts(tracks, class_ids[det_indices])] = np.inf
-        return self._assign(cost, 1.0 - min_iou + 1e-9, track_indices, det_indices)
+    def _match_iou(self, track_index, det_index, det, track_boxes, min_iou):
+        if len(track_index) == 0 or len(det_index) == 0:
+            return NO_PAIRS
+        boxes, _, class_ids, _ = det
+        cost = 1.0 - iou_matrix(track_boxes[track_index], boxes[det_index])
+        cost[(cost > 1.0 - min_iou) | self._class_conflicts(track_index, None if class_ids is None else class_ids[det_index])] = np.inf
+        return self._assign(cost, 1.0 - min_iou + 1e-9, track_index, det_index)
 
-    def _match_appearance(self, track_indices, det_indices, boxes, class_ids, embeddings):
-        track_indices = [i for i in track_indices if self.tracks[i].feature is not None]
-        if not track_indices or len(det_indices) == 0:
-            return [], list(track_indices), np.asarray(det_indices)
-        cfg = self.config
-        tracks = [self.tracks[i] for i in track_indices]
-        cost = self._appearance(tracks, embeddings[det_indices])
+    def _match_appearance(self, track_index, det_index, det):
+        track_index = track_index[self.table.has_feature[track_index]]
+        if len(track_index) == 0 or len(det_index) == 0:
+            return NO_PAIRS
+        boxes, _, class_ids, embeddings = det
+        cfg, t = self.config, self.table
+        cost = self._appearance(track_index, embeddings[det_index])
         # the object moved at most reid_max_speed box heights per second since it was last seen
-        last = np.stack([t.observed_box for t in tracks])
-        heights = last[:, 3] - last[:, 1]
-        seconds_lost = np.array([t.time_since_update for t in tracks]) / self.fps
-        reach = heights * (1.0 + cfg.reid_max_speed * seconds_lost)
-        shift = np.linalg.norm(box_centres(boxes[det_indices])[None] - box_centres(last)[:, None], axis=2)
+        last = t.observed_box[track_index]
+        reach = (last[:, 3] - last[:, 1]) * (1.0 + cfg.reid_max_speed * t.missed[track_index] / self.fps)
+        shift = np.linalg.norm(box_centres(boxes[det_index])[None] - box_centres(last)[:, None], axis=2)
         too_far = shift > reach[:, None]
-        cost[(cost > cfg.reid_max_distance) | too_far | self._class_conflicts(tracks, class_ids[det_indices])] = np.inf
-        return self._assign(cost, cfg.reid_max_distance + 1e-9, track_indices, det_indices)
+        conflicts = self._class_conflicts(track_index, None if class_ids is None else class_ids[det_index])
+        cost[(cost > cfg.reid_max_distance) | too_far | conflicts] = np.inf
+        return self._assign(cost, cfg.reid_max_distance + 1e-9, track_index, det_index)
 
-    def _appearance(self, tracks: list[Track], embeddings: np.ndarray) -> np.ndarray:
+    def _appearance(self, track_index: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        t = self.table
         return appearance_distance(
-            np.stack([t.feature for t in tracks]),
-            [np.asarray(t.bank) for t in tracks],
-            embeddings,
-            self.config.bank_top_k,
+            t.feature[track_index], [np.asarray(t.banks[i]) for i in track_index], embeddings, self.config.bank_top_k
         )
 
     @staticmethod
-    def _assign(cost, max_cost, track_indices, det_indices):
-        det_indices = np.asarray(det_indices)
-        pairs, rows_left, cols_left = linear_assignment(cost, max_cost)
-        matches = [(track_indices[r], int(det_indices[c])) for r, c in pairs]
-        return matches, [track_indices[r] for r in rows_left], det_indices[cols_left]
+    def _assign(cost, max_cost, track_index, det_index):
+        rows, cols = optimal_pairs(cost, max_cost)
+        return track_index[rows], det_index[cols]
 
-    def _apply_matches(self, matches, boxes, measurements, scores, embeddings) -> list[tuple[Track, int]]:
-        """Kalman-correct every matched track, advance its life cycle, observations and appearance memory."""
-        if not matches:
-            return []
-        cfg = self.config
-        tracks = [self.tracks[track_index] for track_index, _ in matches]
-        det_indices = np.array([detection_index for _, detection_index in matches])
-        if cfg.reupdate:
-            for track, j in zip(tracks, det_indices, strict=True):
-                if track.time_since_update > 1 and track.observed_mean is not None:
-                    self._reupdate(track, measurements[j])
-        noise_scale = np.clip(1.0 - scores[det_indices], 0.05, 1.0) if cfg.score_scaled_noise else None
-        mean, cov = self.kalman.update(
-            np.stack([t.mean for t in tracks]), np.stack([t.cov for t in tracks]), measurements[det_indices], noise_scale
-        )
-        learns = self._learns_look(tracks, det_indices, scores, embeddings)
-        centres = box_centres(boxes[det_indices])
-        for track, j, m, c, centre, learn in zip(tracks, det_indices, mean, cov, centres, learns, strict=True):
-            track.mean, track.cov = m, c
-            track.observed_mean, track.observed_cov = m.copy(), c.copy()
-            track.observed_box = boxes[j]
-            offset = centre - track.reference_centre(self.frame, cfg.direction_frames)
-            if np.linalg.norm(offset) > 1e-6:
-                track.direction = offset / np.linalg.norm(offset)
-            track.recent_centres.append((self.frame, centre))
-            while self.frame - track.recent_centres[0][0] > cfg.direction_frames:
-                track.recent_centres.popleft()
-            track.score = float(scores[j])
-            track.hits += 1
-            track.time_since_update = 0
-            if track.state is TrackState.TENTATIVE and track.hits >= cfg.n_init:
-                self._confirm(track)
-            if learn:
-                track.add_embedding(embeddings[j], self._ema_momentum(scores[j]))
-        return list(zip(tracks, det_indices.tolist(), strict=True))
+    def _apply_matches(self, rows, cols, boxes, measurements, scores, embeddings) -> list[tuple[int, int]]:
+        """Kalman-correct every matched track, advance its life cycle, observations and appearance memory;
+        returns ``(track id, detection index)`` of the matched tracks that are confirmed now."""
+        cfg, t = self.config, self.table
+        noise_scale = np.clip(1.0 - scores[cols], 0.05, 1.0) if cfg.score_scaled_noise else None
+        t.mean[rows], t.cov[rows] = self.kalman.update(t.mean[rows], t.cov[rows], measurements[cols], noise_scale)
+        observed = boxes[cols]
+        centres = (observed[:, :2] + observed[:, 2:]) / 2
+        history = t.history[rows]
+        offsets = centres - history[:, 0]
+        length = np.hypot(offsets[:, 0], offsets[:, 1])
+        moved = length > 1e-6  # a track that did not move keeps its direction
+        t.direction[rows[moved]] = offsets[moved] / length[moved, None]
+        history[:, :-1] = history[:, 1:]
+        history[:, -1] = centres
+        t.history[rows] = history
+        t.observed_box[rows] = observed
+        t.score[rows] = scores[cols]
+        t.hits[rows] += 1
+        t.missed[rows] = 0
+        track_ids = t.track_id[rows]
+        for k in np.nonzero((track_ids == 0) & (t.hits[rows] >= cfg.n_init))[0]:
+            track_ids[k] = t.track_id[rows[k]] = self._next_id
+            self._next_id += 1
+        if embeddings is not None:
+            learns = self._learns_look(rows, cols, scores, embeddings)
+            for row, col in zip(rows[learns], cols[learns], strict=True):
+                self._learn(row, embeddings[col], self._ema_momentum(scores[col]))
+        confirmed = track_ids > 0
+        return list(zip(track_ids[confirmed].tolist(), cols[confirmed].tolist(), strict=True))
 
-    def _learns_look(self, tracks, det_indices, scores, embeddings) -> np.ndarray:
+    def _learns_look(self, rows, cols, scores, embeddings) -> np.ndarray:
         """Per match: may the detection's embedding update the track's look? Only a confident detection
         whose look agrees with the track (or a track with no look yet)."""
-        if embeddings is None:
-            return np.zeros(len(tracks), dtype=bool)
-        learns = scores[det_indices] >= self.config.feature_min_score
-        known = [k for k, t in enumerate(tracks) if t.feature is not None and learns[k]]
-        if known:
-            distance = self._appearance([tracks[k] for k in known], embeddings[det_indices[known]])
+        learns = scores[cols] >= self.config.feature_min_score
+        known = learns & self.table.has_feature[rows]
+        if known.any():
+            distance = self._appearance(rows[known], embeddings[cols[known]])
             learns[known] = np.diag(distance) <= self.config.max_appearance_distance
         return learns
+
+    def _learn(self, row: int, embedding: np.ndarray, momentum: float) -> None:
+        t = self.table
+        if t.feature is None:
+            t.feature = np.zeros((len(t), len(embedding)))
+        if t.has_feature[row]:
+            mixed = momentum * t.feature[row] + (1.0 - momentum) * embedding
+            t.feature[row] = mixed / max(np.linalg.norm(mixed), 1e-12)
+        else:
+            t.feature[row], t.has_feature[row] = embedding, True
+        t.banks[row].append(embedding)
 
     def _ema_momentum(self, score: float) -> float:
         """Deep OC-SORT's confidence-weighted EMA: a barely-high-score detection hardly moves the feature."""
@@ -509,41 +570,40 @@ class Tracker:
         trust = np.clip((score - cfg.high_score) / (1.0 - cfg.high_score), 0.0, 1.0)
         return float(cfg.ema_momentum + (1.0 - cfg.ema_momentum) * (1.0 - trust))
 
-    def _reupdate(self, track: Track, measurement: np.ndarray) -> None:
-        """OC-SORT's observation-centric re-update: back to the state at the last observation, then
-        predict and update along a straight line to the new observation for every missed frame."""
-        gap = track.time_since_update
-        mean, cov = track.observed_mean[None], track.observed_cov[None]
-        start = mean[0, :4].copy()
-        for step in range(1, gap):
-            mean, cov = self.kalman.predict(mean, cov)
-            virtual = start + (measurement - start) * step / gap
-            mean, cov = self.kalman.update(mean, cov, virtual[None])
-        track.mean, track.cov = (arr[0] for arr in self.kalman.predict(mean, cov))
+    def _drop_unmatched(self) -> None:
+        """Tentative tracks die at their first miss, confirmed ones after ``max_age`` missed frames."""
+        t = self.table
+        dead = (t.missed > 0) & (~t.confirmed | (t.missed > self.max_age))
+        if dead.any():
+            self.table = t.select(~dead)
 
-    def _start_track(self, box, measurement, score, class_id, embedding) -> None:
-        mean, cov = self.kalman.initiate(measurement[None])
-        track = Track(
-            mean[0],
-            cov[0],
-            float(score),
-            observed_box=box,
-            class_id=int(class_id),
-            bank=deque(maxlen=self.config.bank_size),
-            observed_mean=mean[0].copy(),
-            observed_cov=cov[0].copy(),
-            recent_centres=deque([(self.frame, box_centres(box[None])[0])]),
+    def _start_tracks(self, index, boxes, measurements, scores, class_ids, embeddings) -> None:
+        cfg, n = self.config, len(index)
+        mean, cov = self.kalman.initiate(measurements[index])
+        history = np.repeat(box_centres(boxes[index])[:, None, :], cfg.direction_delta, axis=1)
+        track_ids = np.zeros(n, dtype=np.int64)
+        if cfg.n_init <= 1:
+            track_ids = np.arange(self._next_id, self._next_id + n)
+            self._next_id += n
+        new = TrackTable(
+            mean=mean,
+            cov=cov,
+            observed_box=boxes[index].copy(),
+            history=history,
+            direction=np.full((n, 2), np.nan),
+            score=scores[index].copy(),
+            class_id=np.full(n, -1, dtype=np.int64) if class_ids is None else class_ids[index].copy(),
+            track_id=track_ids,
+            hits=np.ones(n, dtype=np.int64),
+            missed=np.zeros(n, dtype=np.int64),
+            feature=None if embeddings is None else embeddings[index].copy(),
+            has_feature=np.full(n, embeddings is not None),
+            banks=[deque(maxlen=cfg.bank_size) for _ in range(n)],
         )
-        if self.config.n_init <= 1:
-            self._confirm(track)
-        if embedding is not None:
-            track.add_embedding(embedding, self.config.ema_momentum)
-        self.tracks.append(track)
-
-    def _confirm(self, track: Track) -> None:
-        track.state = TrackState.CONFIRMED
-        track.track_id = self._next_id
-        self._next_id += 1
+        if embeddings is not None:
+            for bank, embedding in zip(new.banks, embeddings[index], strict=True):
+                bank.append(embedding)
+        self.table = self.table.extend(new)
 
 
 def results_to_mot_rows(frame: int, objects: list[TrackedObject]) -> np.ndarray:
