@@ -20,7 +20,7 @@ trackers' update calls only: no detector, no encoder, no evaluation; ours and By
 frames, BoT-SORT's and McByte's include their camera-motion estimate; ours gets its camera motion
 from :class:`myutils.tracking.camera_motion.CameraMotion`, timed separately (``CMC ms/frame``).
 
-    python bench/tracking_bench.py                          # 4 cases x 3 reported seeds x 300 frames
+    python bench/tracking_bench.py                          # 4 cases x 5 reported seeds x 300 frames
     python bench/tracking_bench.py --cases medium --reported_seeds 1 --tuning_seeds 1 --num_frames 150
 
 Targets (issue 12), per case: ours >= the best peer on HOTA, IDF1 and MOTA, motion only (against
@@ -55,29 +55,35 @@ CASES = {
     "moving": ("medium", "moving"),
 }
 FPS = 30.0  # the generated scenes' frame rate
-# the peers' main thresholds; every combination is tried on the tuning seeds
+# the peers' main thresholds (new-track score, high/low score split, first-round IoU, lost-track buffer
+# in frames at 30 frames/s); every combination is tried on the tuning seeds
 SWEEPS = {
     "ByteTrack": {
         "track_activation_threshold": (0.5, 0.7),
         "high_conf_det_threshold": (0.5, 0.6),
+        "minimum_iou_threshold": (0.05, 0.1, 0.2),
         "lost_track_buffer": (30, 60),
     },
     "OC-SORT": {
-        "minimum_iou_threshold": (0.2, 0.3),
+        "minimum_iou_threshold": (0.1, 0.2, 0.3),
         "high_conf_det_threshold": (0.5, 0.6),
+        "minimum_consecutive_frames": (2, 3),
         "lost_track_buffer": (30, 60),
     },
     "BoT-SORT": {
         "track_activation_threshold": (0.5, 0.7),
         "high_conf_det_threshold": (0.5, 0.6),
+        "minimum_iou_threshold_first_assoc": (0.1, 0.2),
         "lost_track_buffer": (30, 60),
     },
     "McByte": {
         "track_activation_threshold": (0.5, 0.7),
         "high_conf_det_threshold": (0.5, 0.6),
+        "minimum_iou_threshold_first_assoc": (0.05, 0.1, 0.2),
         "lost_track_buffer": (30, 60),
     },
-    "DeepSORT-rt": {"max_cosine_distance": (0.2, 0.35), "max_age": (30, 60), "min_confidence": (0.0, 0.3)},
+    # deep-sort-realtime is slow (about 30 ms a frame here): a smaller sweep, a bounded gallery
+    "DeepSORT-rt": {"max_cosine_distance": (0.2, 0.35), "min_confidence": (0.0, 0.3), "nn_budget": (100,)},
 }
 MOTION_PEERS = ("ByteTrack", "OC-SORT", "BoT-SORT", "McByte")
 
@@ -279,9 +285,10 @@ def benchmark(
     appearance=None,
     progress=print,
 ) -> dict[str, list[Result]]:
-    """``{case: [Result, ...]}``: ours at defaults, each peer at defaults and tuned (on the tuning seeds)."""
+    """``{case: [Result, ...]}`` (ours at defaults, each peer at defaults and tuned on the tuning seeds)
+    and ``{case: (our frames/s, ByteTrack's frames/s)}`` from :func:`speed_ratio`."""
     kinds = ["simulated"] + (["ROI encoder"] if appearance is not None else [])
-    table = {}
+    table, speed = {}, {}
     for case in cases:
         progress(f"[{case}] generating {len(tuning_seeds)} tuning + {len(reported_seeds)} reported scenes")
         tuning = [make_sequence(case, seed, num_frames, num_objects, appearance) for seed in tuning_seeds]
@@ -300,7 +307,20 @@ def benchmark(
         if cmc_seconds:
             progress(f"[{case}] our camera-motion estimate: {1000 * cmc_seconds / (num_frames * len(reported)):.1f} ms/frame")
         table[case] = results
-    return table
+        speed[case] = speed_ratio(reported)
+    return table, speed
+
+
+def speed_ratio(sequences: list[Sequence], repeats: int = 3) -> tuple[float, float]:
+    """Association frames/s of ours (motion only, defaults) and of ByteTrack (defaults): the best of
+    ``repeats`` runs each, interleaved on the same sequences, so both see the same machine load."""
+    ours, reference = runner("ours", None, None), runner("ByteTrack", None, None)
+    best = {"ours": np.inf, "ByteTrack": np.inf}
+    for _ in range(repeats):
+        for name, run_one in (("ours", ours), ("ByteTrack", reference)):
+            best[name] = min(best[name], sum(run_one(sequence)[1] for sequence in sequences))
+    frames = sum(len(sequence.boxes) for sequence in sequences)
+    return frames / best["ours"], frames / best["ByteTrack"]
 
 
 def reference_fps(results: list[Result]) -> float:
@@ -324,7 +344,7 @@ def print_table(table: dict[str, list[Result]]) -> None:
             )
 
 
-def check_targets(table: dict[str, list[Result]], speed_ratio: float = 1.5) -> list[str]:
+def check_targets(table: dict[str, list[Result]], speed: dict[str, tuple[float, float]], target_ratio: float = 1.5) -> list[str]:
     """PASS or FAIL with the numbers: per case, each metric against the best peer, and the speed."""
     lines = []
     for case, results in table.items():
@@ -341,11 +361,11 @@ def check_targets(table: dict[str, list[Result]], speed_ratio: float = 1.5) -> l
                     f"{'PASS' if mine >= theirs else 'FAIL'} [{case}] {label}: {metric.upper()} {mine:.3f} >= "
                     f"best peer {theirs:.3f} ({best.tracker}{' [' + best.kind + ']' if best.kind else ''}, {best.setting})"
                 )
-        ours_fps = next(r.fps for r in results if r.tracker == "ours" and r.kind is None)
-        ratio = ours_fps / reference_fps(results)
+        ours_fps, bytetrack_fps = speed[case]
+        ratio = ours_fps / bytetrack_fps
         lines.append(
-            f"{'PASS' if ratio >= speed_ratio else 'FAIL'} [{case}] association frames/s {ours_fps:.0f} = "
-            f"{ratio:.2f}x ByteTrack (target >= {speed_ratio}x)"
+            f"{'PASS' if ratio >= target_ratio else 'FAIL'} [{case}] association frames/s {ours_fps:.0f} = "
+            f"{ratio:.2f}x ByteTrack's {bytetrack_fps:.0f} (best of 3 interleaved runs; target >= {target_ratio}x)"
         )
     return lines
 
@@ -353,7 +373,7 @@ def check_targets(table: dict[str, list[Result]], speed_ratio: float = 1.5) -> l
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="scene cases to run")
-    parser.add_argument("--reported_seeds", type=positive_int, default=3, help="reported scenes per case (seeds 0..N-1)")
+    parser.add_argument("--reported_seeds", type=positive_int, default=5, help="reported scenes per case (seeds 0..N-1)")
     parser.add_argument(
         "--tuning_seeds", type=positive_int, default=2, help="tuning scenes per case (seeds 100..100+N-1)"
     )
@@ -374,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         detector = YOLOv7Detector(args.yolo_weights, img_size=args.img_size, device=args.device)
         appearance = ROIAppearance(args.encoder, detector)
     warnings.filterwarnings("ignore", module="trackers")  # per-frame notices of the peers
-    table = benchmark(
+    table, speed = benchmark(
         args.cases,
         list(range(100, 100 + args.tuning_seeds)),
         list(range(args.reported_seeds)),
@@ -383,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         appearance,
     )
     print_table(table)
-    print("\n".join(check_targets(table)))
+    print("\n".join(check_targets(table, speed)))
 
 
 if __name__ == "__main__":

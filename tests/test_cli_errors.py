@@ -65,7 +65,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "roi_bench.py": (["bench/roi_bench.py", "--repeats", "0"], "--repeats"),
         "senet_bench.py": (["bench/senet_bench.py", "--epochs", "0"], "--epochs"),
         "supcon_bench.py": (["bench/supcon_bench.py", "--repeats", "0"], "--repeats"),
-        "tracking_bench.py": (["bench/tracking_bench.py", "--seeds", "0"], "--seeds"),
+        "tracking_bench.py": (["bench/tracking_bench.py", "--reported_seeds", "0"], "--reported_seeds"),
     }
 
 

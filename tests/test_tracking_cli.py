@@ -1,5 +1,6 @@
 """tracking.py end to end on a generated MOT sequence: detection files, frames, video, encoder, errors."""
 
+import shutil
 import subprocess
 import sys
 
@@ -165,6 +166,46 @@ def test_frames_with_yolov7_detections(short_sequence, tmp_path):
         output
     )  # a random network may detect anything or nothing; the file is valid either way
     assert written.shape == run.rows.shape and set(written[:, 0]) <= set(range(1, SHORT + 1))
+
+
+def test_frame_rate_from_seqinfo_drives_buffers_and_the_output_video(sequence, tmp_path):
+    slow = tmp_path / "slow"
+    shutil.copytree(sequence, slow)
+    info = (slow / "seqinfo.ini").read_text().replace("frameRate=30", "frameRate=10")
+    (slow / "seqinfo.ini").write_text(info)
+    video = tmp_path / "slow.mp4"
+    run = tracking.track(frames=str(slow), detections=str(slow / "det" / "det.txt"), save_video=str(video))
+    assert run.fps == 10.0
+    capture = cv2.VideoCapture(str(video))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0)  # plays at the input's speed
+    capture.release()
+    # the same frames at 10 frames/s keep a lost track a third as many frames as at 30
+    config = TrackerConfig(max_age_seconds=1.0)
+    detections = read_mot(slow / "det" / "det.txt")
+    assert np.array_equal(
+        tracking.track(detections=str(slow / "det" / "det.txt"), config=config, fps=10.0).rows,
+        track_detections(detections, config, fps=10.0),
+    )
+    assert tracking.track(detections=str(slow / "det" / "det.txt"), fps=24.0).fps == 24.0  # --fps wins
+
+
+def test_interpolation_flag_fills_gaps_in_the_results(sequence, tmp_path):
+    online = tracking.main(["--detections", str(sequence / "det" / "det.txt"), "--gt", str(sequence / "gt" / "gt.txt")])
+    filled = tracking.main(
+        ["--detections", str(sequence / "det" / "det.txt"), "--gt", str(sequence / "gt" / "gt.txt"),
+         "--interpolate", "linear", "--output", str(tmp_path / "filled.txt")]
+    )
+    assert len(filled.rows) > len(online.rows) and len(read_mot(tmp_path / "filled.txt")) == len(filled.rows)
+    assert filled.summary.num_misses < online.summary.num_misses
+
+
+def test_a_file_that_is_not_a_video_is_one_clear_error(tmp_path):
+    fake = tmp_path / "clip.mp4"
+    fake.write_text("not a video")
+    detections = tmp_path / "det.txt"
+    detections.write_text("1,-1,10,10,20,40,0.9,-1,-1,-1\n")
+    with pytest.raises(ValueError, match="cannot read .* as a video"):
+        tracking.main(["--video", str(fake), "--detections", str(detections)])
 
 
 def test_bad_arguments_are_clear_errors(sequence):

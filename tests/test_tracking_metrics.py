@@ -226,3 +226,23 @@ def test_simulated_embeddings_separate_identities():
     same = detections.identities[:, None] == detections.identities[None, :]
     real = (detections.identities[:, None] > 0) & (detections.identities[None, :] > 0)
     assert similarity[same & real].mean() > 0.6 > 0.2 > similarity[~same & real].mean()
+
+
+def test_evaluation_script_with_a_seqmap_equals_trackeval(mot17_folder, capsys):
+    from scripts.evaluate_mot import main as evaluate_main
+
+    reference = trackeval_results(mot17_folder, "MOT17")
+    seqmap = mot17_folder / "only-two.txt"
+    seqmap.write_text("name\nSEQ-02\nSEQ-01\n")
+    summaries = evaluate_main(
+        ["--gt_dir", str(mot17_folder / "gt" / "MOT17-train"), "--results_dir",
+         str(mot17_folder / "trackers" / "MOT17-train" / "ours" / "data"), "--seqmap", str(seqmap)]
+    )
+    assert list(summaries) == ["SEQ-02", "SEQ-01", "COMBINED"]
+    assert_equal_to_trackeval(summaries["COMBINED"], reference["COMBINED_SEQ"])
+    printed = capsys.readouterr().out
+    assert "HOTA" in printed and "AssA" in printed and f"{summaries['COMBINED'].hota:.3f}" in printed
+    seqmap.write_text("name\nSEQ-03\n")
+    with pytest.raises(FileNotFoundError, match="SEQ-03"):
+        evaluate_main(["--gt_dir", str(mot17_folder / "gt" / "MOT17-train"), "--results_dir", str(mot17_folder),
+                       "--seqmap", str(seqmap)])

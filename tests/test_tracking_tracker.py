@@ -15,7 +15,8 @@ def box_at(cx: float, cy: float = 200.0, w: float = 40.0, h: float = 80.0) -> np
 
 
 def test_tentative_tracks_are_not_reported_and_die_at_first_miss():
-    tracker = Tracker(TrackerConfig(n_init=3, max_age_seconds=0.4), fps=10)  # 4 frames
+    config = TrackerConfig(n_init=3, max_age_seconds=0.4, confirm_first_frame=False)
+    tracker = Tracker(config, fps=10)  # max age 4 frames
     reported = [tracker.update(box_at(100 + 5 * f), [0.9]) for f in range(3)]
     assert [len(r) for r in reported] == [0, 0, 1]  # confirmed at the third hit
     assert reported[2][0].track_id == 1
@@ -31,6 +32,16 @@ def test_tentative_tracks_are_not_reported_and_die_at_first_miss():
     assert len(tracker.tracks) == 1
     tracker.update(np.zeros((0, 4)), np.zeros(0))
     assert tracker.tracks == []
+
+
+def test_tracks_of_the_first_frame_are_confirmed_at_once():
+    for first_frame, expected in ((True, [1, 1, 1]), (False, [0, 1, 1])):
+        tracker = Tracker(TrackerConfig(n_init=2, confirm_first_frame=first_frame))
+        reported = [tracker.update(np.vstack([box_at(100 + 5 * f)] + [box_at(300)] * (f > 0)), [0.9] * (1 + (f > 0)))
+                    for f in range(3)]
+        assert [len([o for o in r if o.detection_index == 0]) for r in reported] == expected
+        # an object appearing later still needs n_init hits: reported from its second frame on
+        assert [len([o for o in r if o.detection_index == 1]) for r in reported] == [0, 0, 1]
 
 
 def test_confirmed_track_continues_after_a_short_gap_with_the_same_id():
@@ -192,8 +203,6 @@ def test_classes_are_never_mixed():
     assert [(o.track_id, o.class_id) for o in reported] == [(1, 0), (2, 2)]
     # the class-0 object's detection now carries class 5: a new track, never track 1
     reported = tracker.update(np.vstack([box_at(106), box_at(300)]), [0.9, 0.9], class_ids=np.array([5, 2]))
-    assert [(o.track_id, o.class_id, o.detection_index) for o in reported] == [(2, 2, 1)]
-    reported = tracker.update(np.vstack([box_at(108), box_at(300)]), [0.9, 0.9], class_ids=np.array([5, 2]))
     assert [(o.track_id, o.class_id, o.detection_index) for o in reported] == [(2, 2, 1), (3, 5, 0)]
     assert {t.track_id: t.class_id for t in tracker.tracks} == {1: 0, 2: 2, 3: 5}
     rows = results_to_mot_rows(4, reported)
@@ -229,7 +238,7 @@ def test_warp_moves_the_kalman_state_with_the_camera():
     zoom = np.array([[1.2, 0.0, -10.0], [0.0, 1.2, 4.0]])
     mean, cov = tracker.kalman.warp(before[None], tracker.tracks[0].cov[None], zoom)
     assert np.allclose(mean[0, :2], 1.2 * before[:2] + [-10.0, 4.0])
-    assert mean[0, 2] == pytest.approx(before[2]) and mean[0, 3] == pytest.approx(1.2 * before[3])
+    assert mean[0, 2] == pytest.approx(1.2 * before[2]) and mean[0, 3] == pytest.approx(1.2 * before[3])
     assert np.allclose(mean[0, 4:6], 1.2 * before[4:6]) and mean[0, 7] == pytest.approx(1.2 * before[7])
     assert cov[0, 0, 0] == pytest.approx(1.44 * tracker.tracks[0].cov[0, 0])
 
@@ -286,6 +295,6 @@ def test_uninformative_embeddings_do_not_break_a_clearly_overlapping_track():
     rows = np.array([[f, -1, 100 + 3 * f, 150, 40, 80, 0.9, -1, -1, -1] for f in range(1, 31)], dtype=float)
     random_looks = rng.normal(size=(30, 32))  # every frame looks unrelated to the previous one
     kept = track_detections(rows, TrackerConfig(), random_looks)
-    assert set(kept[:, 1]) == {1} and len(kept) == 29  # one identity, reported from its second hit on
+    assert set(kept[:, 1]) == {1} and len(kept) == 30  # one identity, in every frame (confirmed at frame 1)
     vetoing = track_detections(rows, TrackerConfig(motion_override_iou=1.01, min_iou_recovery=1.0), random_looks)
     assert len(set(vetoing[:, 1])) >= 10  # a hard appearance gate breaks the track again and again

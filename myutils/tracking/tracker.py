@@ -82,11 +82,16 @@ class TrackerConfig:
     )
     new_track_score: float = _param(0.6, "an unmatched detection starts a track only at or above this score")
     n_init: int = _param(2, "consecutive hits before a tentative track is confirmed and reported")
+    confirm_first_frame: bool = _param(
+        True, "tracks started in the first frame are confirmed at once (ByteTrack: nothing came before them)"
+    )
     max_age_seconds: float = _param(
         2.0, "seconds a confirmed track may stay unmatched before it is deleted (x fps = frames)"
     )
     gate_probability: float = _param(0.9999, "chi-square quantile of the Mahalanobis gate (centre, 2 dof)")
-    min_iou: float = _param(0.2, "round 1 without appearance: least IoU with the predicted box")
+    min_iou: float = _param(
+        0.1, "round 1 without appearance: least IoU with the predicted box (times the score with fuse_score)"
+    )
     max_fused_cost: float = _param(
         0.9, "round 1 with appearance: largest fused cost of a match (= the cost of leaving both unmatched)"
     )
@@ -94,15 +99,18 @@ class TrackerConfig:
     min_iou_recovery: float = _param(
         0.3, "round 3 (recovery): least IoU with the track's last observed box; 1 disables the round"
     )
-    min_iou_tentative: float = _param(0.3, "round 3 (tentative tracks): least IoU with the predicted box")
+    min_iou_tentative: float = _param(0.2, "round 4 (tentative tracks): least IoU with the predicted box")
+    fuse_score: bool = _param(
+        True, "round 1: IoU times the detection score (ByteTrack's score fusion) in the cost and the min_iou gate"
+    )
     direction_weight: float = _param(
-        0.2, "round 1: weight of OC-SORT's velocity-direction consistency (0 = off), times the detection score"
+        0.0, "round 1: weight of OC-SORT's velocity-direction consistency (0 = off), times the detection score"
     )
     direction_delta: int = _param(
         3, "a track's direction: from its observation this many observations back to the newest (OC-SORT's dt)"
     )
     kalman_state: str = _param(
-        "xyah", "Kalman box parameterisation: xyah (DeepSORT: aspect ratio + height) or xywh (BoT-SORT)"
+        "xywh", "Kalman box parameterisation: xywh (BoT-SORT: width + height) or xyah (DeepSORT: aspect + height)"
     )
     score_scaled_noise: bool = _param(
         False, "measurement noise times (1 - score) (StrongSORT's NSA): confident boxes are trusted more"
@@ -364,7 +372,7 @@ class Tracker:
         self._drop_unmatched()
         starts = high[scores[high] >= cfg.new_track_score]
         if len(starts):
-            self._start_tracks(starts, boxes, measurements, scores, class_ids, embeddings)
+            reported += self._start_tracks(starts, boxes, measurements, scores, class_ids, embeddings)
         # the matched detection's box is reported: the filtered box lags behind on turns and size changes
         objects = [
             TrackedObject(track_id, boxes[j], float(scores[j]), j, -1 if class_ids is None else int(class_ids[j]))
@@ -453,6 +461,8 @@ class Tracker:
         cfg, t = self.config, self.table
         forbidden = self._class_conflicts(track_index, None if class_ids is None else class_ids[det_index])
         overlap = iou_matrix(predicted[track_index], boxes[det_index])
+        if cfg.fuse_score:  # ByteTrack / BoT-SORT: the overlap weighted by the detection's score
+            overlap *= scores[det_index][None, :]
         motion = 1.0 - overlap
         if cfg.direction_weight:
             motion -= self._direction_bonus(track_index, boxes[det_index], scores[det_index])
@@ -577,12 +587,14 @@ class Tracker:
         if dead.any():
             self.table = t.select(~dead)
 
-    def _start_tracks(self, index, boxes, measurements, scores, class_ids, embeddings) -> None:
+    def _start_tracks(self, index, boxes, measurements, scores, class_ids, embeddings) -> list[tuple[int, int]]:
+        """New tracks from the detections ``index``; returns ``(track id, detection index)`` of those
+        confirmed at once (``n_init`` 1, or the first frame with ``confirm_first_frame``)."""
         cfg, n = self.config, len(index)
         mean, cov = self.kalman.initiate(measurements[index])
         history = np.repeat(box_centres(boxes[index])[:, None, :], cfg.direction_delta, axis=1)
         track_ids = np.zeros(n, dtype=np.int64)
-        if cfg.n_init <= 1:
+        if cfg.n_init <= 1 or (self.frame == 1 and cfg.confirm_first_frame):
             track_ids = np.arange(self._next_id, self._next_id + n)
             self._next_id += n
         new = TrackTable(
@@ -604,6 +616,7 @@ class Tracker:
             for bank, embedding in zip(new.banks, embeddings[index], strict=True):
                 bank.append(embedding)
         self.table = self.table.extend(new)
+        return [(int(track_id), int(j)) for track_id, j in zip(track_ids, index, strict=True) if track_id > 0]
 
 
 def results_to_mot_rows(frame: int, objects: list[TrackedObject]) -> np.ndarray:
