@@ -8,10 +8,11 @@ DEMO_DIR ?= demo_runs
 
 .PHONY: install test lint demo demo-supcon demo-roi demo-tracking demo-prototype demo-senet bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-dev-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-dev-nodeps.txt
 	touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt requirements-bench-nodeps.txt

@@ -67,11 +67,13 @@ def _param(default, help_text: str):
 class TrackerConfig:
     """Every threshold of the tracker; ``help`` metadata doubles as the CLI documentation.
 
-    The defaults were chosen on generated scenes (tuning seeds of bench/tracking_bench.py, never
-    the reported ones): a wide motion gate, because the DeepSORT noise model is tight for
-    objects that turn, and appearance thresholds that tolerate partly hidden views. A low
-    appearance weight plus ``motion_override_iou`` keep weak embeddings (e.g. a briefly trained ROI
-    encoder) from breaking tracks or misranking neighbours; good embeddings still win through the gates.
+    The defaults were chosen on generated scenes (seeds 100-111 of bench/tracking_bench.py's cases,
+    never the reported seeds 0-4; docs/tracking.md lists what each choice measured): BoT-SORT's
+    xywh Kalman state, score-fused IoU at a low threshold, first-frame confirmation and the
+    recovery round helped; velocity-direction consistency and score-scaled noise did not and are
+    off. A low appearance weight plus ``motion_override_iou`` keep weak embeddings (e.g. a briefly
+    trained ROI encoder) from breaking tracks or misranking neighbours; good embeddings still win
+    through the gates.
     """
 
     high_score: float = _param(0.5, "detections scoring at least this take part in round 1")
@@ -88,7 +90,9 @@ class TrackerConfig:
     max_age_seconds: float = _param(
         2.0, "seconds a confirmed track may stay unmatched before it is deleted (x fps = frames)"
     )
-    gate_probability: float = _param(0.9999, "chi-square quantile of the Mahalanobis gate (centre, 2 dof)")
+    gate_probability: float = _param(
+        0.9999, "round 1 with appearance: chi-square quantile of the Mahalanobis gate (centre, 2 dof)"
+    )
     min_iou: float = _param(
         0.1, "round 1 without appearance: least IoU with the predicted box (times the score with fuse_score)"
     )
