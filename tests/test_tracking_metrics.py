@@ -47,6 +47,13 @@ def test_clear_mot_and_idf1_by_hand():
         evaluate_mot(ground_truth, np.array([row(1, 3, 0, 0), row(1, 3, 50, 0)]))
 
 
+def test_mostly_tracked_needs_more_than_80_percent_as_in_trackeval():
+    ground_truth = np.array([row(f, 1, 0, 0) for f in range(1, 6)] + [row(f, 2, 50, 0) for f in range(1, 6)])
+    results = np.array([row(f, 7, 0, 0) for f in range(1, 5)] + [row(f, 8, 50, 0) for f in range(1, 6)])
+    summary = evaluate_mot(ground_truth, results)  # object 1 matched in 4 of 5 frames: exactly 0.8
+    assert (summary.mostly_tracked, summary.partially_tracked, summary.mostly_lost) == (1, 1, 0)
+
+
 def test_hota_by_hand_perfect_and_switched_halfway():
     ground_truth = np.array([row(f, 1, 0, 0) for f in range(1, 5)])
     perfect = evaluate_mot(ground_truth, np.array([row(f, 7, 0, 0) for f in range(1, 5)]))

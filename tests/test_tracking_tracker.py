@@ -159,7 +159,7 @@ def test_reidentification_is_bounded_in_space_and_time():
 
 def test_a_track_missed_for_one_frame_is_not_reidentified_elsewhere():
     look = np.eye(8)[0]
-    tracker = Tracker(TrackerConfig(n_init=2))
+    tracker = Tracker(TrackerConfig(n_init=2, reid_max_speed=100.0))  # the spatial bound would not stop it
     walk_then_vanish(tracker, look, frames_lost=0)
     # next frame: no detection where it is, but one with its look 150 px away (within re-id reach)
     assert tracker.update(box_at(270), [0.9], look[None]) == []
