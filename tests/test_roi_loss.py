@@ -107,12 +107,16 @@ def test_nt_xent_under_ddp_uses_every_ranks_negatives(tmp_path):
     mp.spawn(_ddp_nt_xent_gradients, args=(2, str(tmp_path / "init"), (x1, x2, weight), str(result)),
              nprocs=2, join=True)
     distributed = torch.load(result, weights_only=True)
+    from pytorch_metric_learning.losses import NTXentLoss  # the reference: one process, the 8 pairs at once
+
+    reference = NTXentLoss(temperature=0.2)
     single = torch.nn.Linear(6, 5, bias=False)
     single.weight.data.copy_(weight)
-    global_loss = nt_xent(single(x1), single(x2), 0.2)  # one process: the 8 pairs in one batch
+    global_loss = reference(torch.cat([single(x1), single(x2)]), torch.arange(8).repeat(2))
     global_loss.backward()
     torch.testing.assert_close(distributed["losses"].mean(), global_loss.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(distributed["grad"], single.weight.grad, rtol=1e-4, atol=1e-6)
     # what a rank would get with only its own negatives: a different loss (the test can tell)
-    local_only = nt_xent(single(x1[:4]), single(x2[:4]), 0.2)
-    assert abs(float(local_only.detach()) - float(distributed["losses"][0])) > 1e-3
+    with torch.no_grad():
+        local_only = reference(torch.cat([single(x1[:4]), single(x2[:4])]), torch.arange(4).repeat(2))
+    assert abs(float(local_only) - float(distributed["losses"][0])) > 1e-3

@@ -142,6 +142,30 @@ def test_fuse_keeps_the_outputs():
             assert (plain(x)[0][..., 4:] - fused_detections[..., 4:]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("c_in, c_out, stride", [(16, 16, 1), (16, 24, 1), (16, 16, 2)])
+def test_repconv_fuse_with_and_without_the_identity_branch(c_in, c_out, stride):
+    """YOLOv7's own RepConvs change the width (no identity branch); the class supports both."""
+    from myutils.detection.yolov7 import RepConv
+
+    torch.manual_seed(0)
+    block = RepConv(c_in, c_out, stride)
+    assert (block.rbr_identity is not None) == (c_in == c_out and stride == 1)
+    with torch.no_grad():
+        for bn in (m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    block.eval()
+    x = torch.randn(2, c_in, 9, 9)
+    with torch.no_grad():
+        expected = block(x)
+        block.fuse()
+        fused = block(x)
+    assert set(block.state_dict()) == {"rbr_reparam.weight", "rbr_reparam.bias"}
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+
+
 def _reference_nms(boxes, scores, iou_threshold):
     order = scores.argsort(descending=True).tolist()
     keep = []
