@@ -6,11 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import roi_align
+from by_hand import roi_features_by_hand
 
 import main_train
 from myutils.data.image_io import read_image_rgb
@@ -132,17 +131,6 @@ def test_torchrun_two_ranks_disjoint_parts_and_exact_resume(shards, tmp_path):
     assert encoder(torch.randn(3, 512, 10, 10)).shape == (3, 128)
 
 
-def _letterboxed_by_hand(image: np.ndarray, size: int):
-    """The letterbox written out: scale, INTER_LINEAR resize, centred grey padding; tensor and geometry."""
-    height, width = image.shape[:2]
-    scale = min(size / height, size / width)
-    new_w, new_h = round(width * scale), round(height * scale)
-    left, top = (size - new_w) // 2, (size - new_h) // 2
-    canvas = np.full((size, size, 3), 114, np.uint8)
-    canvas[top : top + new_h, left : left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    return torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255, scale, left, top
-
-
 def test_extraction_with_detector_boxes_and_json_labels(tmp_path, planted_weights):
     scene = generate_scene(num_frames=12, num_objects=4, width=320, height=192, seed=6)
     pairs = write_validation_pairs(scene, tmp_path / "val", num_pairs=3, frame_gap=4, min_visibility=0.0)
@@ -167,19 +155,15 @@ def test_extraction_with_detector_boxes_and_json_labels(tmp_path, planted_weight
     side = float((2 * bias[2].sigmoid()) ** 2) * 192  # anchor 1 of stride 32 is 192 x 243 px
     score = float(bias[4].sigmoid() * bias[7].sigmoid())
     expected_rows, expected_rois = [], []
+    scale, left, top = 0.4, 0, (128 - 77) // 2  # 320 x 192 -> 128 x 77, padded above and below
     for k in range(3):
-        tensor, scale, left, top = _letterboxed_by_hand(read_image_rgb(images / f"{k}.jpg"), 128)
         boxes_input = torch.tensor([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]
                                     for cy in (16, 48, 80, 112) for cx in (16, 48, 80, 112)], dtype=torch.float32)
         original = (boxes_input - torch.tensor([left, top, left, top])) / scale
         original = torch.minimum(original.clamp(min=0), torch.tensor([320.0, 192.0, 320.0, 192.0]))
         keep = (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1])  # not in the padding
-        with torch.no_grad():
-            features = model.forward_backbone(tensor)
-            # the ROI of each kept box: torchvision roi_align on the clipped box mapped back to the input
-            clipped_input = original[keep] * scale + torch.tensor([left, top, left, top])
-            expected_rois.append(roi_align(features, [clipped_input], output_size=10, spatial_scale=1 / 32,
-                                           sampling_ratio=2, aligned=True))
+        image = read_image_rgb(images / f"{k}.jpg")
+        expected_rois.append(roi_features_by_hand(image, original[keep], model, 128))
         expected_rows.append(original[keep])
     expected_boxes = torch.cat(expected_rows)
     assert summary["rois"] == len(stored) == len(expected_boxes) == 3 * 8  # 2 of 4 rows lie in the padding

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from by_hand import roi_features_by_hand
 
 import tracking
 from myutils.roi.encoder import ROIEncoder, encoder_checkpoint_state
@@ -124,21 +125,8 @@ class RecordingTracker(tracking.Tracker):
 
 
 def _by_hand_embeddings(image, boxes_xyxy, model, encoder, img_size):
-    """Letterbox, backbone, torchvision roi_align and encoder, written out without the project's mapping."""
-    from torchvision.ops import roi_align
-
-    height, width = image.shape[:2]
-    scale = min(img_size / height, img_size / width)
-    new_w, new_h = round(width * scale), round(height * scale)
-    left, top = (img_size - new_w) // 2, (img_size - new_h) // 2
-    canvas = np.full((img_size, img_size, 3), 114, np.uint8)
-    canvas[top : top + new_h, left : left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    tensor = torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255
-    boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32) * scale + torch.tensor([left, top, left, top])
     with torch.no_grad():
-        features = model.forward_backbone(tensor)
-        rois = roi_align(features, [boxes], output_size=10, spatial_scale=1 / 32, sampling_ratio=2, aligned=True)
-        return encoder.eval()(rois).numpy()
+        return encoder.eval()(roi_features_by_hand(image, boxes_xyxy, model, img_size)).numpy()
 
 
 def test_video_input_and_roi_encoder_appearance(short_sequence, tmp_path, planted_weights, monkeypatch):

@@ -3,11 +3,10 @@
 import json
 import shutil
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import roi_align
+from by_hand import roi_features_by_hand
 
 import val
 from myutils.data.image_io import read_image_rgb, write_image_rgb
@@ -25,21 +24,12 @@ def checkpoint(tmp_path_factory):
 
 
 def _embed_by_hand(image, labels, model, encoder, size=128):
-    """Letterbox, backbone, torchvision roi_align and encoder, written out without the project's mapping."""
     height, width = image.shape[:2]
-    scale = min(size / height, size / width)
-    new_w, new_h = round(width * scale), round(height * scale)
-    left, top = (size - new_w) // 2, (size - new_h) // 2
-    canvas = np.full((size, size, 3), 114, np.uint8)
-    canvas[top : top + new_h, left : left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    boxes = torch.tensor([[(a["bbox"]["cx"] - a["bbox"]["w"] / 2) * width, (a["bbox"]["cy"] - a["bbox"]["h"] / 2) * height,
-                           (a["bbox"]["cx"] + a["bbox"]["w"] / 2) * width, (a["bbox"]["cy"] + a["bbox"]["h"] / 2) * height]
-                          for a in labels], dtype=torch.float32)
+    boxes = [[(a["bbox"]["cx"] - a["bbox"]["w"] / 2) * width, (a["bbox"]["cy"] - a["bbox"]["h"] / 2) * height,
+              (a["bbox"]["cx"] + a["bbox"]["w"] / 2) * width, (a["bbox"]["cy"] + a["bbox"]["h"] / 2) * height]
+             for a in labels]
     with torch.no_grad():
-        features = model.forward_backbone(torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255)
-        rois = roi_align(features, [boxes * scale + torch.tensor([left, top, left, top])], output_size=10,
-                         spatial_scale=1 / 32, sampling_ratio=2, aligned=True)
-        return encoder(rois)
+        return encoder(roi_features_by_hand(image, boxes, model, size))
 
 
 def _metrics_by_hand(e_now, now_ids, e_pre, pre_ids):
