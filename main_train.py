@@ -6,6 +6,9 @@
 One ``DistributedSampler`` over the whole data set gives each rank a disjoint part: every ROI
 once per epoch (plus at most world_size - 1 repeats when the count does not divide evenly).
 The original also sharded the data per rank, so each rank saw only half of its shard.
+NT-Xent takes its negatives from every rank's batch (gathered with gradient), so the
+contrastive batch is global as in single-process training; checkpoints keep every rank's RNG
+state, so ``--resume`` under torchrun continues exactly (with the same number of processes).
 AdamW, linear warm-up then cosine, bf16 autocast where supported, gradient clipping, a
 checkpoint every ``--save_interval`` epochs plus ``last.pth`` (all loadable with
 ``torch.load(weights_only=True)``), ``--resume``, TensorBoard, ``history.json`` and a
@@ -42,6 +45,7 @@ from myutils.roi.shards import RoiFeatureDataset
 from myutils.training.checkpoint import load_checkpoint, save_checkpoint
 from myutils.training.distributed import (
     DistContext,
+    all_gather_object,
     all_gather_tensor,
     all_reduce_mean,
     cleanup_distributed,
@@ -142,7 +146,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, ctx, epoc
     return metrics, local
 
 
-def checkpoint_state(encoder, optimizer, scheduler, scaler, epoch, args, history, feature_metadata) -> dict:
+def checkpoint_state(encoder, optimizer, scheduler, scaler, epoch, args, history, feature_metadata,
+                     rng_per_rank) -> dict:
     return {
         "epoch": epoch,
         **encoder_checkpoint_state(encoder),
@@ -152,8 +157,21 @@ def checkpoint_state(encoder, optimizer, scheduler, scaler, epoch, args, history
         "scaler": scaler.state_dict(),
         "args": dict(vars(args)),
         "history": history,
-        "rng": capture_rng_state(),
+        "rng": rng_per_rank[0],
+        "rng_per_rank": rng_per_rank,  # index = rank: every process resumes its own random streams
     }
+
+
+def restore_rank_rng(state: dict, ctx: DistContext, args: argparse.Namespace) -> None:
+    """Each rank continues its own RNG streams; a different process count cannot continue them exactly."""
+    per_rank = state.get("rng_per_rank") or ([state["rng"]] if "rng" in state else [])
+    if len(per_rank) == ctx.world_size:
+        restore_rng_state(per_rank[ctx.rank])
+        return
+    seed_everything(args.seed + ctx.rank + 1_000 * state["epoch"])
+    if ctx.is_main:
+        print(f"warning: {args.resume} holds the RNG state of {len(per_rank)} process(es), this run has "
+              f"{ctx.world_size}: random streams re-seeded, the run does not repeat exactly")
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -188,8 +206,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"], state["history"]
-        if ctx.world_size == 1:
-            restore_rng_state(state["rng"])
+        restore_rank_rng(state, ctx, args)
 
     log = TrainingLog(output / "tensorboard", output / "history.json", history) if ctx.is_main else None
     if ctx.is_main:
@@ -209,12 +226,13 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> dict:
             padded[: len(local_indices)] = local_indices.to(ctx.device)
             gathered = all_gather_tensor(padded).view(ctx.world_size, -1)
             sample_log[str(epoch + 1)] = [row[row >= 0].tolist() for row in gathered.cpu()]
+        rng_per_rank = all_gather_object(capture_rng_state())  # every rank takes part, rank 0 saves
         if ctx.is_main:
             log.log_epoch(epoch + 1, metrics)
             print(f"epoch {epoch + 1}/{args.epochs} loss {metrics['loss']:.4f} nt_xent {metrics['nt_xent']:.4f} "
                   f"kl {metrics['kl']:.4f} beta {metrics['beta']:.2f} lr {metrics['lr']:.2e}")
             state = checkpoint_state(encoder, optimizer, scheduler, scaler, epoch + 1, args, log.history,
-                                     dataset.metadata)
+                                     dataset.metadata, rng_per_rank)
             save_checkpoint(state, output / "checkpoints" / "last.pth")
             if (epoch + 1) % args.save_interval == 0 or epoch + 1 == args.epochs:
                 save_checkpoint(state, output / "checkpoints" / f"epoch_{epoch + 1:04d}.pth")

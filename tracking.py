@@ -6,15 +6,17 @@
     python tracking.py --detections det.txt --output results.txt    # motion only, no images at all
     python tracking.py --frames seq --detections seq/det/det.txt --interpolate gaussian --output results.txt
 
-Detections come from YOLOv7 on the frames or from a MOTChallenge file (``frame, -1, left, top,
-w, h, conf, ...``, frames from 1). With ``--encoder`` each box gets the ROI encoder's embedding
-of the SPPCSPC map of the same YOLOv7 forward pass (or of a backbone-only pass for file
-detections). With frames, camera motion is estimated from them (``--cmc``) and compensated in
-the Kalman states. Time-based tracker settings use the sequence's frame rate (``--fps``, else
-``seqinfo.ini``, else the video's). Results are written in MOTChallenge format (``frame, id, left,
-top, w, h, conf, -1, -1, -1``), optionally with short gaps interpolated (``--interpolate``), and
-evaluated with HOTA, MOTA and IDF1 as TrackEval computes them (``--gt``). The same job as a
-function: :func:`track`.
+Detections come from YOLOv7 on the frames (any weights form: ``yolov7.pt``, ``yolov7_training.pt``,
+fused; ``--classes``, ``--agnostic_nms``, ``--max_det``, ``--batch_size`` frames per forward pass,
+``--half`` on CUDA) or from a MOTChallenge file (``frame, -1, left, top, w, h, conf, ...``, frames
+from 1). Association never links boxes of different classes. With ``--encoder`` each box gets the
+ROI encoder's embedding of the SPPCSPC map of the same YOLOv7 forward pass (or of a backbone-only
+pass for file detections). With frames, camera motion is estimated from them (``--cmc``) and
+compensated in the Kalman states. Time-based tracker settings use the sequence's frame rate
+(``--fps``, else ``seqinfo.ini``, else the video's). Results are written in MOTChallenge format
+(``frame, id, left, top, w, h, conf, -1, -1, -1``), optionally with short gaps interpolated
+(``--interpolate``), and evaluated with HOTA, MOTA and IDF1 as TrackEval computes them (``--gt``).
+The same job as a function: :func:`track`.
 """
 
 from __future__ import annotations
@@ -32,8 +34,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from myutils.cli import InputError, non_negative_float, positive_float, positive_int, run, unit_float
-from myutils.detection.frame_source import FrameSource
+from myutils.cli import (
+    InputError,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run,
+    unit_float,
+)
+from myutils.detection.detector import nonempty_boxes
+from myutils.detection.frame_source import FrameSource, in_batches
 from myutils.roi.appearance import ROIAppearance
 from myutils.tracking.boxes import tlwh_to_xyxy
 from myutils.tracking.camera_motion import CMC_METHODS, CameraMotion
@@ -136,6 +147,11 @@ def track(
     interpolate_max_gap: float = 0.7,
     interpolate_sigma: float = 0.1,
     benchmark: str = "MOT17",
+    classes: list[int] | None = None,
+    agnostic_nms: bool = False,
+    max_det: int = 300,
+    batch_size: int = 1,
+    half: bool = False,
 ) -> TrackingRun:
     """Track one sequence; the CLI's job as a function. Returns the result rows (and the evaluation with ``gt``)."""
     if frames and video:
@@ -150,6 +166,8 @@ def track(
         raise InputError("--save_video needs the images (--frames or --video)")
     if cmc not in CMC_METHODS:
         raise InputError(f"--cmc must be one of {CMC_METHODS}, got {cmc!r}")
+    if classes is not None and detections is not None:
+        raise InputError("--classes filters YOLOv7's detections; a MOT detection file has no class column")
     file_detections = rows_by_frame(read_mot(detections)) if detections else None
     frame_source = FrameSource(source) if source else None  # a bad path is reported before weights are read
     fps, fps_origin = sequence_fps(fps, frames, video, detections)
@@ -159,7 +177,8 @@ def track(
         from myutils.detection.detector import YOLOv7Detector
 
         detector = YOLOv7Detector(
-            yolo_weights, img_size=img_size, conf_threshold=conf, iou_threshold=iou, device=device
+            yolo_weights, img_size=img_size, conf_threshold=conf, iou_threshold=iou, device=device,
+            classes=classes, agnostic=agnostic_nms, max_detections=max_det, half=half,
         )
     appearance = ROIAppearance(encoder, detector) if use_appearance else None
 
@@ -170,11 +189,14 @@ def track(
     writer = None
     results, association_seconds, num_frames = [], 0.0, 0
     last_detection_frame = max(file_detections, default=0) if file_detections else 0
-    for number, image in frame_numbers_and_images(frame_source, last_detection_frame):
-        boxes, scores, embeddings = frame_detections(number, image, file_detections, detector, appearance)
+    numbered_frames = frame_numbers_and_images(frame_source, last_detection_frame)
+    yolo_boxes = file_detections is None
+    for number, image, detected in detect_in_batches(numbered_frames, detector, batch_size, yolo_boxes):
+        # class_ids: YOLOv7's class per box (-1 for file detections); association stays within a class
+        boxes, scores, class_ids, embeddings = frame_detections(number, detected, file_detections, appearance)
         warp = camera.estimate(image, boxes) if camera is not None and image is not None else None
         start = time.perf_counter()
-        objects = tracker.update(boxes, scores, embeddings, camera_warp=warp)
+        objects = tracker.update(boxes, scores, embeddings, class_ids=class_ids, camera_warp=warp)
         association_seconds += time.perf_counter() - start
         results.append(results_to_mot_rows(number, objects))
         num_frames += 1
@@ -197,35 +219,45 @@ def track(
     return run
 
 
-def frame_detections(
-    number: int,
-    image: np.ndarray | None,
-    file_detections: dict | None,
-    detector,
-    appearance: ROIAppearance | None,
-):
-    """Boxes (xyxy), scores and embeddings (or ``None``) of one frame, from the file or from YOLOv7."""
+def detect_in_batches(frames: Iterator[tuple], detector, batch_size: int, yolo_boxes: bool) -> Iterator[tuple]:
+    """``(frame number, image, detector output or None)`` in frame order, one forward pass per batch of
+    readable images: :class:`Detections` when YOLOv7 gives the boxes, otherwise (boxes from a file,
+    appearance wanted) the backbone's :class:`BackboneFeatures`; ``None`` without a detector."""
+    for batch in in_batches(frames, batch_size):
+        images = [image for _, image in batch if image is not None]
+        outputs = iter([])
+        if detector is not None and images:
+            outputs = iter(detector(images) if yolo_boxes else detector.backbone_features(images))
+        for number, image in batch:
+            yield number, image, next(outputs) if detector is not None and image is not None else None
+
+
+def frame_detections(number: int, detected, file_detections: dict | None, appearance: ROIAppearance | None):
+    """Boxes (xyxy), scores, class ids and embeddings (or ``None``) of one frame, from the file or YOLOv7.
+
+    ``detected`` is this frame's output of :func:`detect_in_batches` (``None``: no image).
+    """
     if file_detections is not None:
         rows = file_detections.get(number, np.zeros((0, 10)))
         boxes, scores = drop_empty_boxes(tlwh_to_xyxy(rows[:, 2:6]), rows[:, 6])
-        if appearance is None or image is None:
-            return boxes, scores, None
-        return boxes, scores, appearance.embed_image(image, boxes)
-    if image is None:  # an unreadable image and no detection file: nothing detected
-        return np.zeros((0, 4)), np.zeros(0), None
-    result = detector(image)
-    boxes, scores = drop_empty_boxes(
-        result.boxes.cpu().double().numpy(), result.scores.cpu().double().numpy()
+        class_ids = np.full(len(boxes), -1, dtype=np.int64)  # detection files carry no class
+        if appearance is None or detected is None:
+            return boxes, scores, class_ids, None
+        return boxes, scores, class_ids, appearance.embed(detected.features, detected.letterbox, boxes)
+    if detected is None:  # an unreadable image and no detection file: nothing detected
+        return np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64), None
+    boxes, scores, class_ids = drop_empty_boxes(
+        detected.boxes.cpu().double().numpy(), detected.scores.cpu().double().numpy(), detected.classes.cpu().numpy()
     )
     if appearance is None:
-        return boxes, scores, None
-    return boxes, scores, appearance.embed(result.features, result.letterbox, boxes)
+        return boxes, scores, class_ids, None
+    return boxes, scores, class_ids, appearance.embed(detected.features, detected.letterbox, boxes)
 
 
-def drop_empty_boxes(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-size boxes (seen in detection files and clipped detections) carry no object."""
-    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return boxes[valid], scores[valid]
+def drop_empty_boxes(boxes: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Zero-size boxes (seen in detection files and clipped detections) carry no object: drop their rows."""
+    valid = nonempty_boxes(boxes)
+    return (boxes[valid], *(column[valid] for column in columns))
 
 
 def open_video_writer(path: str, width: int, height: int, fps: float) -> cv2.VideoWriter:
@@ -281,6 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=640,
         help="letterboxed square input size, a multiple of 32 (default 640)",
     )
+    detector.add_argument(
+        "--classes", type=non_negative_int, nargs="+", default=None,
+        help="keep only these YOLOv7 class ids (e.g. --classes 0 2; default: all)",
+    )
+    detector.add_argument(
+        "--agnostic_nms", action="store_true", help="NMS across classes (default: per class, as official)"
+    )
+    detector.add_argument(
+        "--max_det", type=positive_int, default=300, help="most detections kept per frame (default 300)"
+    )
+    detector.add_argument(
+        "--batch_size", type=positive_int, default=1,
+        help="frames per YOLOv7 forward pass (default 1: frame by frame; more for throughput on a GPU)",
+    )
+    detector.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     detector.add_argument(
         "--encoder", help="ROI encoder checkpoint written by main_train.py (appearance embeddings)"
     )
@@ -392,6 +439,11 @@ def main(argv: list[str] | None = None) -> TrackingRun:
         interpolate_max_gap=args.interpolate_max_gap,
         interpolate_sigma=args.interpolate_sigma,
         benchmark=args.benchmark,
+        classes=args.classes,
+        agnostic_nms=args.agnostic_nms,
+        max_det=args.max_det,
+        batch_size=args.batch_size,
+        half=args.half,
     )
     print(
         f"tracked {run.num_frames} frames, {len(np.unique(run.rows[:, 1]))} identities, "

@@ -4,6 +4,8 @@ Boxes come from the detector (``--boxes detector``, score >= ``--conf_threshold`
 MOTChallenge ground truth (``--boxes gt``: ``seq/gt/gt.txt`` of a sequence folder, or
 ``--gt_file``; identity kept, rows with visibility < ``--min_visibility`` skipped), or from
 seed-style JSON labels (``--boxes json --label_dir DIR`` with ``<image stem>.json``).
+YOLOv7 weights in any form load (``yolov7.pt`` deploy, ``yolov7_training.pt``, fused, state dicts);
+``--batch_size`` frames go through one forward pass; ``--half`` runs fp16 on CUDA.
 
     python scripts/extract_roi_features.py --source demo_runs/roi/scenes/SYN-01 --boxes gt \
         --img_size 320 --output demo_runs/roi/features/SYN-01
@@ -20,9 +22,9 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from myutils.cli import non_negative_int, positive_int, run, unit_float  # noqa: E402
+from myutils.cli import InputError, non_negative_int, positive_int, run, unit_float  # noqa: E402
 from myutils.detection.detector import YOLOv7Detector  # noqa: E402
-from myutils.detection.frame_source import Frame, FrameSource  # noqa: E402
+from myutils.detection.frame_source import Frame, FrameSource, in_batches  # noqa: E402
 from myutils.roi.features import ROI_OUTPUT_SIZE, roi_align_features  # noqa: E402
 from myutils.roi.shards import RoiShardWriter  # noqa: E402
 from myutils.roi.validation_pairs import cxcywh_to_xyxy_pixels, read_frame_labels  # noqa: E402
@@ -47,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--conf_threshold", type=unit_float, default=0.3,
                         help="--boxes detector: minimum detection score (default 0.3)")
     parser.add_argument("--iou_threshold", type=unit_float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    parser.add_argument("--classes", type=non_negative_int, nargs="+", default=None,
+                        help="--boxes detector: keep only these class ids (e.g. --classes 0 2; default: all)")
+    parser.add_argument("--agnostic_nms", action="store_true", help="NMS across classes (default: per class)")
+    parser.add_argument("--max_det", type=positive_int, default=300, help="most detections per image (default 300)")
+    parser.add_argument("--batch_size", type=positive_int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--half", action="store_true", help="fp16 inference (CUDA only)")
     parser.add_argument("--frame_step", type=positive_int, default=1, help="use every n-th frame (default 1)")
     parser.add_argument("--shard_size", type=positive_int, default=4096, help="ROIs per shard file (default 4096)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -88,15 +96,40 @@ def _gt_file_for(source: Path, args: argparse.Namespace) -> Path:
     raise FileNotFoundError(f"--boxes gt: no {candidate} and no --gt_file for a single source")
 
 
+def _batch_rois(frames: list[Frame], detector: YOLOv7Detector, labels: LabelBoxes | None):
+    """``(frame, boxes, scores, ids, rois)`` per frame; one forward pass for the whole batch."""
+    if labels is None:
+        for frame, detections in zip(frames, detector([f.image for f in frames]), strict=True):
+            detections = detections.nonempty()  # boxes in the letterbox padding hold no object
+            ids = torch.full((len(detections.boxes),), -1)
+            rois = roi_align_features(detections.features, detections.boxes, detections.letterbox)
+            yield frame, detections.boxes, detections.scores, ids, rois
+        return
+    boxes_per_frame = [[torch.as_tensor(a) for a in labels(frame)] for frame in frames]
+    labelled = [frame.image for frame, (boxes, _, _) in zip(frames, boxes_per_frame, strict=True) if len(boxes)]
+    maps = iter(detector.backbone_features(labelled))  # frames without boxes need no pass
+    for frame, (boxes, scores, ids) in zip(frames, boxes_per_frame, strict=True):
+        if len(boxes):
+            features, letterbox = next(maps)
+            rois = roi_align_features(features, boxes, letterbox)
+        else:
+            rois = torch.zeros((0, 512, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE))
+        yield frame, boxes, scores, ids, rois
+
+
 def extract_roi_features(args: argparse.Namespace) -> dict:
     """Run the extraction; returns a summary (images, ROIs, skipped images, output path)."""
     if args.boxes == "json" and not (args.label_dir and Path(args.label_dir).is_dir()):
         raise FileNotFoundError(f"--boxes json needs --label_dir pointing at a folder, got {args.label_dir!r}")
+    if args.classes is not None and args.boxes != "detector":
+        raise InputError(f"--classes filters detections; --boxes {args.boxes} takes every labelled box")
     sources = [FrameSource(path, args.frame_step) for path in map(Path, args.source)]  # before any weights are read
     detector = YOLOv7Detector(args.yolo_weights, args.img_size, args.conf_threshold, args.iou_threshold,
-                              device=args.device, seed=args.seed)
+                              device=args.device, seed=args.seed, classes=args.classes, agnostic=args.agnostic_nms,
+                              max_detections=args.max_det, half=args.half)
     metadata = {"yolo_weights": args.yolo_weights, "random_weights_seed": None if args.yolo_weights else args.seed,
-                "img_size": args.img_size, "boxes": args.boxes, "roi_output_size": ROI_OUTPUT_SIZE,
+                "img_size": args.img_size, "boxes": args.boxes, "classes": detector.classes,
+                "roi_output_size": ROI_OUTPUT_SIZE,
                 "spatial_scale": 1 / 32, "sampling_ratio": 2, "aligned": True}
     writer = RoiShardWriter(args.output, args.shard_size, metadata)
     summary = {"images": 0, "rois": 0, "skipped_images": 0, "output": str(args.output)}
@@ -106,18 +139,14 @@ def extract_roi_features(args: argparse.Namespace) -> dict:
             gt_file = _gt_file_for(source_path, args) if args.boxes == "gt" else None
             labels = LabelBoxes(args.boxes, gt_file, Path(args.label_dir) if args.label_dir else None,
                                 args.min_visibility)
-        for frame in tqdm(source, total=len(source), desc=f"ROI features {source_path.name}", unit="img"):
-            if labels is None:
-                detections = detector(frame.image)
-                features, letterbox = detections.features, detections.letterbox
-                boxes, scores, ids = detections.boxes, detections.scores, torch.full((len(detections.boxes),), -1)
-            else:
-                boxes, scores, ids = (torch.as_tensor(a) for a in labels(frame))
-                features, letterbox = detector.backbone_features(frame.image) if len(boxes) else (None, None)
-            rois = roi_align_features(features, boxes, letterbox) if len(boxes) else torch.zeros((0, 512, 10, 10))
-            writer.add(frame.name, rois, boxes.float(), scores.float(), ids)
-            summary["images"] += 1
-            summary["rois"] += len(boxes)
+        progress = tqdm(total=len(source), desc=f"ROI features {source_path.name}", unit="img")
+        for frames in in_batches(source, args.batch_size):
+            for frame, boxes, scores, ids, rois in _batch_rois(frames, detector, labels):
+                writer.add(frame.name, rois, boxes.float(), scores.float(), ids)
+                summary["images"] += 1
+                summary["rois"] += len(boxes)
+            progress.update(len(frames))
+        progress.close()
         summary["skipped_images"] += source.skipped
     writer.close()
     return summary

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     """name -> (argv after the script, text the error line must contain)."""
     junk = tmp / "junk.pth"
+    evil = tmp / "evil.pt"
     missing = tmp / "missing"
     not_video = tmp / "clip.mp4"
     gallery = tmp / "gallery" / "a_class"
@@ -43,6 +44,11 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
             ["tracking.py", "--video", str(not_video), "--yolo_weights", str(junk)], f"{not_video}"),
         "tracking.py weights": (["tracking.py", "--frames", str(gallery), "--yolo_weights", str(junk)], f"{junk}"),
         "tracking.py detections": (["tracking.py", "--detections", str(missing)], f"{missing}"),
+        "tracking.py refused pickle": (
+            ["tracking.py", "--frames", str(gallery), "--yolo_weights", str(evil)],
+            f"error: {evil}: refused untrusted object posix.system in the checkpoint (not a YOLOv7 weights file?)"),
+        "tracking.py classes with a detection file": (
+            ["tracking.py", "--detections", str(missing), "--classes", "0"], "no class column"),
         "train_senet_triplet.py": (
             ["train_transformer3D/triplet/train_senet_triplet.py", "--data_dir", str(missing)], f"{missing}"),
         "cleanup_low_count_dirs.py": (["scripts/cleanup_low_count_dirs.py", "--data-root", str(missing)], f"{missing}"),
@@ -60,6 +66,15 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
             ["scripts/make_face_feature_data.py", "--out", str(tmp / "f"), "--num_persons", "0"], "--num_persons"),
         "make_roi_demo_data.py": (["scripts/make_roi_demo_data.py", "--out", str(tmp / "r"), "--frames", "0"], "--frames"),
         "export_onnx.py": (["scripts/export_onnx.py"], "network"),
+        "export_onnx.py yolov7_backbone": (
+            ["scripts/export_onnx.py", "yolov7_backbone", "--output", str(tmp / "b"), "--weights", str(missing)],
+            f"--weights {missing}: no such file"),
+        "export_onnx.py roi_encoder": (
+            ["scripts/export_onnx.py", "roi_encoder", "--output", str(tmp / "e"), "--checkpoint", str(junk)],
+            f"{junk} is not a checkpoint file"),
+        "extract_roi_features.py classes with labels": (
+            ["scripts/extract_roi_features.py", "--source", str(gallery), "--output", str(tmp / "o2"),
+             "--boxes", "gt", "--classes", "0"], "--classes filters detections"),
         "prototype_bench.py": (["bench/prototype_bench.py", "--n", "0"], "--n"),
         "semiseg_bench.py": (["bench/semiseg_bench.py", "--out", str(tmp / "b"), "--labelnum", "20"], "--labelnum"),
         "roi_bench.py": (["bench/roi_bench.py", "--repeats", "0"], "--repeats"),
@@ -67,6 +82,11 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "supcon_bench.py": (["bench/supcon_bench.py", "--repeats", "0"], "--repeats"),
         "tracking_bench.py": (["bench/tracking_bench.py", "--reported_seeds", "0"], "--reported_seeds"),
     }
+
+
+class _SystemCall:
+    def __reduce__(self):
+        return os.system, ("echo pwned",)
 
 
 def _run_script(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -78,6 +98,9 @@ def _run_script(argv: list[str], env: dict[str, str] | None = None) -> subproces
 def bad_input_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad_input")
     (tmp / "junk.pth").write_text("not a checkpoint")
+    import torch
+
+    torch.save({"model": _SystemCall()}, tmp / "evil.pt")  # names os.system: refused, never run
     (tmp / "clip.mp4").write_text("not a video")
     (tmp / "gallery" / "a_class").mkdir(parents=True)
     (tmp / "gallery" / "a_class" / "0000.png").write_bytes(

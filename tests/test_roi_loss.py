@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 import torch
-from pytorch_metric_learning.losses import NTXentLoss
-from scipy.special import log_softmax as np_log_softmax
 
 from myutils.roi.loss import beta_schedule, noisy_view, nt_xent, roi_contrastive_loss, similarity_kl
 
 
 def test_nt_xent_matches_pytorch_metric_learning():
+    from pytorch_metric_learning.losses import NTXentLoss  # imported here: the DDP test's workers skip it
+
     generator = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(6, 16, generator=generator), torch.randn(6, 16, generator=generator)
     reference = NTXentLoss(temperature=0.2)(torch.cat([z1, z2]), torch.arange(6).repeat(2))
@@ -15,6 +15,8 @@ def test_nt_xent_matches_pytorch_metric_learning():
 
 
 def _numpy_similarity_kl(teacher, student, t_tau, s_tau):
+    from scipy.special import log_softmax as np_log_softmax
+
     def log_p(x, tau):
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
         sims = x @ x.T / tau
@@ -67,3 +69,54 @@ def test_noisy_view_drops_and_adds_noise():
     assert zeroed[dropped_rows].mean() == pytest.approx(0.2, abs=0.02)
     kept = view[~dropped_rows]
     assert (kept - 1).std() == pytest.approx(0.05, rel=0.05)
+
+
+def _ddp_nt_xent_gradients(rank: int, world_size: int, init_file: str, inputs, result_file: str) -> None:
+    """One rank of a 2-process gloo group: DDP step on this rank's half of the batch."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        x1, x2, weight = inputs
+        layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        layer.weight.data.copy_(weight)
+        model = DistributedDataParallel(layer)
+        half = x1.shape[0] // world_size
+        part = slice(rank * half, (rank + 1) * half)
+        loss = nt_xent(model(x1[part]), model(x2[part]), 0.2)
+        loss.backward()
+        losses = [torch.zeros(()) for _ in range(world_size)]
+        dist.all_gather(losses, loss.detach())
+        if rank == 0:
+            torch.save({"grad": layer.weight.grad, "losses": torch.stack(losses)}, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nt_xent_under_ddp_uses_every_ranks_negatives(tmp_path):
+    """2 ranks x 4 pairs under DDP (gloo) take the same step as one process on the 8 pairs: negatives
+    come from both ranks and the gathered gradient reaches the rank that produced each view."""
+    import torch.multiprocessing as mp
+
+    generator = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(8, 6, generator=generator), torch.randn(8, 6, generator=generator)
+    weight = torch.randn(5, 6, generator=generator)
+    result = tmp_path / "rank0.pt"
+    mp.spawn(_ddp_nt_xent_gradients, args=(2, str(tmp_path / "init"), (x1, x2, weight), str(result)),
+             nprocs=2, join=True)
+    distributed = torch.load(result, weights_only=True)
+    from pytorch_metric_learning.losses import NTXentLoss  # the reference: one process, the 8 pairs at once
+
+    reference = NTXentLoss(temperature=0.2)
+    single = torch.nn.Linear(6, 5, bias=False)
+    single.weight.data.copy_(weight)
+    global_loss = reference(torch.cat([single(x1), single(x2)]), torch.arange(8).repeat(2))
+    global_loss.backward()
+    torch.testing.assert_close(distributed["losses"].mean(), global_loss.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(distributed["grad"], single.weight.grad, rtol=1e-4, atol=1e-6)
+    # what a rank would get with only its own negatives: a different loss (the test can tell)
+    with torch.no_grad():
+        local_only = reference(torch.cat([single(x1[:4]), single(x2[:4])]), torch.arange(4).repeat(2))
+    assert abs(float(local_only) - float(distributed["losses"][0])) > 1e-3

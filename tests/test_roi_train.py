@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from by_hand import roi_features_by_hand
 
 import main_train
 from myutils.data.image_io import read_image_rgb
 from myutils.detection.detector import YOLOv7Detector
+from myutils.detection.yolov7_checkpoint import load_yolov7_checkpoint
 from myutils.roi.encoder import load_roi_encoder
 from myutils.roi.features import roi_align_features
 from myutils.roi.shards import RoiFeatureDataset, RoiShardWriter
@@ -97,47 +99,81 @@ def test_resume_continues_exactly(shards, tmp_path):
     assert list((tmp_path / "a" / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_torchrun_two_ranks_see_disjoint_parts_covering_the_set(shards, tmp_path):
-    output = tmp_path / "ddp"
+def _torchrun(output: Path, shards: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
-               str(REPO / "main_train.py"), *_args(shards, output, "--epochs", "1", "--log_sample_indices")]
+               str(REPO / "main_train.py"), *_args(shards, output, *extra)]
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    indices = json.loads((output / "sample_indices.json").read_text())["1"]
-    rank0, rank1 = set(indices[0]), set(indices[1])
-    assert len(indices[0]) == len(rank0) == 10 and len(indices[1]) == len(rank1) == 10
-    assert not rank0 & rank1 and rank0 | rank1 == set(range(20))
-    checkpoint = load_checkpoint(output / "checkpoints" / "last.pth")
-    assert checkpoint["epoch"] == 1 and "2 process(es)" in run.stdout
-    encoder = load_roi_encoder(output / "checkpoints" / "last.pth")
+    return run
+
+
+def test_torchrun_two_ranks_disjoint_parts_and_exact_resume(shards, tmp_path):
+    """Two ranks see disjoint halves; a resumed run restores both ranks' RNG and ends bit-identical."""
+    straight = _torchrun(tmp_path / "ddp", shards, "--epochs", "2", "--save_interval", "1", "--log_sample_indices")
+    for epoch, indices in json.loads((tmp_path / "ddp" / "sample_indices.json").read_text()).items():
+        rank0, rank1 = set(indices[0]), set(indices[1])
+        assert len(indices[0]) == len(rank0) == 10 and len(indices[1]) == len(rank1) == 10, epoch
+        assert not rank0 & rank1 and rank0 | rank1 == set(range(20)), epoch
+    assert "2 process(es)" in straight.stdout
+    first = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "epoch_0001.pth")
+    assert len(first["rng_per_rank"]) == 2
+    # the ranks draw different noise: a resume that gave rank 1 rank 0's state would not repeat the run
+    assert not torch.equal(first["rng_per_rank"][0]["torch"], first["rng_per_rank"][1]["torch"])
+    _torchrun(tmp_path / "resumed", shards, "--epochs", "2", "--resume",
+              str(tmp_path / "ddp" / "checkpoints" / "epoch_0001.pth"))
+    final = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pth")
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pth")
+    assert resumed["epoch"] == final["epoch"] == 2
+    for key, value in final["encoder"].items():
+        assert torch.equal(resumed["encoder"][key], value), key
+    encoder = load_roi_encoder(tmp_path / "resumed" / "checkpoints" / "last.pth")
     assert encoder(torch.randn(3, 512, 10, 10)).shape == (3, 128)
 
 
-def test_extraction_with_detector_boxes_and_json_labels(tmp_path):
-    scene = generate_scene(num_frames=12, num_objects=4, width=256, height=160, seed=6)
-    pairs = write_validation_pairs(scene, tmp_path / "val", num_pairs=2, frame_gap=4, min_visibility=0.0)
+def test_extraction_with_detector_boxes_and_json_labels(tmp_path, planted_weights):
+    scene = generate_scene(num_frames=12, num_objects=4, width=320, height=192, seed=6)
+    pairs = write_validation_pairs(scene, tmp_path / "val", num_pairs=3, frame_gap=4, min_visibility=0.0)
     images = pairs / "now" / "pic"
     with pytest.warns(UserWarning):
         json_summary = extract_roi_features(parse_args([
             "--source", str(images), "--boxes", "json", "--label_dir", str(pairs / "now" / "lable"),
-            "--img_size", "128", "--output", str(tmp_path / "from_json")]))
-    labels = [json.loads((pairs / "now" / "lable" / f"{k}.json").read_text())["annotations"] for k in range(2)]
+            "--img_size", "128", "--output", str(tmp_path / "from_json"), "--batch_size", "2"]))
+    labels = [json.loads((pairs / "now" / "lable" / f"{k}.json").read_text())["annotations"] for k in range(3)]
     dataset = RoiFeatureDataset(tmp_path / "from_json")
     assert json_summary["rois"] == len(dataset) == sum(map(len, labels))
     assert dataset.identities.tolist() == [a["id"] for frame in labels for a in frame]
-    with pytest.warns(UserWarning):
-        detector_summary = extract_roi_features(parse_args([
-            "--source", str(images), "--boxes", "detector", "--conf_threshold", "0.05", "--img_size", "128",
-            "--output", str(tmp_path / "from_detector")]))
-    with pytest.warns(UserWarning):
-        detector = YOLOv7Detector(None, img_size=128, conf_threshold=0.05, seed=0)
-    detections = [detector(read_image_rgb(images / f"{k}.jpg")) for k in range(2)]
-    assert detector_summary["rois"] == sum(len(d.boxes) for d in detections)
-    if detector_summary["rois"]:
-        stored = RoiFeatureDataset(tmp_path / "from_detector")
-        assert (stored.scores >= 0.05).all() and (stored.identities == -1).all()
-        torch.testing.assert_close(stored.scores, torch.cat([d.scores for d in detections]))
+    # planted weights: class 2's 18x18 boxes in every stride-32 cell; 3 images in batches of 2
+    summary = extract_roi_features(parse_args([
+        "--source", str(images), "--boxes", "detector", "--yolo_weights", str(planted_weights.path),
+        "--classes", "2", "--conf_threshold", "0.3", "--img_size", "128", "--batch_size", "2",
+        "--output", str(tmp_path / "from_detector")]))
+    stored = RoiFeatureDataset(tmp_path / "from_detector")
+    assert stored.metadata["classes"] == [2]
+    model = load_yolov7_checkpoint(planted_weights.path).model
+    bias = model.detect.m[2].bias.detach().view(3, -1)[1].double()
+    side = float((2 * bias[2].sigmoid()) ** 2) * 192  # anchor 1 of stride 32 is 192 x 243 px
+    score = float(bias[4].sigmoid() * bias[7].sigmoid())
+    expected_rows, expected_rois = [], []
+    scale, left, top = 0.4, 0, (128 - 77) // 2  # 320 x 192 -> 128 x 77, padded above and below
+    for k in range(3):
+        boxes_input = torch.tensor([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]
+                                    for cy in (16, 48, 80, 112) for cx in (16, 48, 80, 112)], dtype=torch.float32)
+        original = (boxes_input - torch.tensor([left, top, left, top])) / scale
+        original = torch.minimum(original.clamp(min=0), torch.tensor([320.0, 192.0, 320.0, 192.0]))
+        keep = (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1])  # not in the padding
+        image = read_image_rgb(images / f"{k}.jpg")
+        expected_rois.append(roi_features_by_hand(image, original[keep], model, 128))
+        expected_rows.append(original[keep])
+    expected_boxes = torch.cat(expected_rows)
+    assert summary["rois"] == len(stored) == len(expected_boxes) == 3 * 8  # 2 of 4 rows lie in the padding
+    torch.testing.assert_close(stored.boxes, expected_boxes, atol=0.05, rtol=0)
+    torch.testing.assert_close(stored.scores, torch.full((len(stored),), score), atol=1e-3, rtol=0)
+    assert (stored.identities == -1).all()
+    expected_features = torch.cat(expected_rois)
+    got = torch.stack([stored[i][0] for i in range(len(stored))])
+    scale = float(expected_features.abs().max())
+    torch.testing.assert_close(got, expected_features, rtol=5e-3, atol=5e-3 * scale)  # fp16 shards
 
 
 def test_bf16_autocast_training_step(shards, tmp_path):

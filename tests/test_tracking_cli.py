@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from by_hand import roi_features_by_hand
 
 import tracking
 from myutils.roi.encoder import ROIEncoder, encoder_checkpoint_state
@@ -62,6 +63,11 @@ def test_help_describes_the_options():
         "--max_age",
         "--n_init",
         "--reid_max_distance",
+        "--classes",
+        "--batch_size",
+        "--half",
+        "--agnostic_nms",
+        "--max_det",
     ):
         assert option in result.stdout
 
@@ -109,7 +115,27 @@ def test_frames_with_detections_and_video_output(sequence, tmp_path):
     assert np.array_equal(run.rows, without_images.rows)
 
 
-def test_video_input_and_roi_encoder_appearance(short_sequence, tmp_path):
+class RecordingTracker(tracking.Tracker):
+    """The tracker, recording what tracking.py hands it each frame."""
+
+    calls: list = []
+
+    def update(self, boxes, scores, embeddings=None, *args, **kwargs):
+        RecordingTracker.calls.append((np.array(boxes), None if embeddings is None else np.array(embeddings)))
+        return super().update(boxes, scores, embeddings, *args, **kwargs)
+
+
+def _by_hand_embeddings(image, boxes_xyxy, model, encoder, img_size):
+    with torch.no_grad():
+        return encoder.eval()(roi_features_by_hand(image, boxes_xyxy, model, img_size)).numpy()
+
+
+def test_video_input_and_roi_encoder_appearance(short_sequence, tmp_path, planted_weights, monkeypatch):
+    """Every box of every video frame reaches the tracker with the embedding of its own ROI (computed
+    here by hand from the decoded video frame), through batched backbone passes."""
+    from myutils.detection.yolov7_checkpoint import load_yolov7_checkpoint
+    from myutils.roi.encoder import load_roi_encoder
+
     video = tmp_path / "in.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (320, 192))
     for image in sorted((short_sequence / "img1").iterdir()):
@@ -117,17 +143,25 @@ def test_video_input_and_roi_encoder_appearance(short_sequence, tmp_path):
     writer.release()
     torch.manual_seed(0)
     encoder_path = save_checkpoint(encoder_checkpoint_state(ROIEncoder()), tmp_path / "encoder.pth")
-    with pytest.warns(UserWarning, match="randomly initialised"):
-        run = tracking.track(
-            video=str(video),
-            detections=str(short_sequence / "det" / "det.txt"),
-            encoder=str(encoder_path),
-            img_size=64,
-            device="cpu",
-            output=str(tmp_path / "app.txt"),
-            config=TrackerConfig(n_init=1),
-        )
-    assert run.num_frames == SHORT
+    monkeypatch.setattr(tracking, "Tracker", RecordingTracker)
+    RecordingTracker.calls = []
+    run = tracking.track(video=str(video), detections=str(short_sequence / "det" / "det.txt"),
+                         yolo_weights=str(planted_weights.path), encoder=str(encoder_path), img_size=128,
+                         device="cpu", output=str(tmp_path / "app.txt"), config=TrackerConfig(n_init=1), batch_size=3)
+    assert run.num_frames == SHORT == len(RecordingTracker.calls)
+    model, encoder = load_yolov7_checkpoint(planted_weights.path).model, load_roi_encoder(encoder_path)
+    detections = read_mot(short_sequence / "det" / "det.txt")
+    capture = cv2.VideoCapture(str(video))
+    for number, (boxes, embeddings) in enumerate(RecordingTracker.calls, start=1):
+        ok, bgr = capture.read()
+        assert ok
+        rows = detections[detections[:, 0] == number]
+        expected_boxes = np.concatenate([rows[:, 2:4], rows[:, 2:4] + rows[:, 4:6]], axis=1)
+        np.testing.assert_allclose(boxes, expected_boxes, atol=1e-6)
+        expected = _by_hand_embeddings(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), expected_boxes, model, encoder, 128)
+        assert embeddings is not None and embeddings.shape == (len(rows), 128) and len(rows) > 0
+        np.testing.assert_allclose(embeddings, expected, atol=2e-5)
+    capture.release()
     assert len(read_mot(tmp_path / "app.txt")) == len(run.rows) > 0
 
 
@@ -150,22 +184,65 @@ def test_appearance_embeddings_are_unit_vectors_per_box(short_sequence, tmp_path
     assert appearance.embed_image(image, np.zeros((0, 4))).shape == (0, 128)
 
 
-def test_frames_with_yolov7_detections(short_sequence, tmp_path):
+def _planted_tracks(class_side: float) -> np.ndarray:
+    """The boxes (tlwh, original pixels) the planted weights put on a 320x192 frame at img_size 128:
+    one per stride-32 cell whose box is not entirely in the letterbox padding."""
+    scale, top = 0.4, (128 - 77) // 2  # 192 x 320 -> 77 x 128, padded above and below
+    boxes = []
+    for cy in (16, 48, 80, 112):
+        for cx in (16, 48, 80, 112):
+            x1, x2 = (cx - class_side / 2) / scale, (cx + class_side / 2) / scale
+            y1 = min(max((cy - class_side / 2 - top) / scale, 0), 192)
+            y2 = min(max((cy + class_side / 2 - top) / scale, 0), 192)
+            if y2 > y1:
+                boxes.append((x1, y1, x2 - x1, y2 - y1))
+    return np.array(sorted(boxes))
+
+
+@pytest.mark.parametrize("options, side", [({"classes": [0]}, 16.0), ({"agnostic_nms": True, "batch_size": 3}, 18.0)])
+def test_frames_with_yolov7_detections(short_sequence, tmp_path, planted_weights, options, side):
+    """YOLOv7 on the frames (planted weights: a box in every cell, class 0 16 px and class 2 18 px):
+    the tracks are exactly the expected boxes; --classes 0 keeps the small ones, agnostic NMS the
+    better-scoring big ones; boxes entirely in the padding are dropped."""
     output = tmp_path / "yolo.txt"
-    with pytest.warns(UserWarning, match="randomly initialised"):
-        run = tracking.track(
-            frames=str(short_sequence),
-            img_size=64,
-            conf=0.3,
-            device="cpu",
-            output=str(output),
-            config=TrackerConfig(n_init=1),
-        )
+    run = tracking.track(frames=str(short_sequence), yolo_weights=str(planted_weights.path), img_size=128,
+                         device="cpu", output=str(output), config=TrackerConfig(n_init=1), **options)
     assert run.num_frames == SHORT
-    written = read_mot(
-        output
-    )  # a random network may detect anything or nothing; the file is valid either way
-    assert written.shape == run.rows.shape and set(written[:, 0]) <= set(range(1, SHORT + 1))
+    written = read_mot(output)
+    expected = _planted_tracks(side)
+    assert len(expected) == 8
+    for frame in range(2, SHORT + 1):  # the first frame may only start tracks
+        got = written[written[:, 0] == frame][:, 2:6]
+        got = got[np.lexsort((got[:, 0].round(), got[:, 1].round()))]
+        order = np.lexsort((expected[:, 0].round(), expected[:, 1].round()))
+        np.testing.assert_allclose(got, expected[order], atol=0.1)  # fp16 weights: logits rounded
+    assert len(np.unique(written[:, 1])) == 8
+
+
+def test_detector_class_ids_reach_the_tracker(short_sequence, tmp_path, planted_weights, monkeypatch):
+    """Both planted classes kept: every box reaches Tracker.update with its YOLOv7 class (16 px boxes are
+    class 0, 18 px class 2), so association can keep classes apart; both classes are tracked."""
+    calls = []
+
+    class ClassRecordingTracker(tracking.Tracker):
+        def update(self, boxes, scores, embeddings=None, **kwargs):
+            calls.append((np.array(boxes), kwargs.get("class_ids")))
+            return super().update(boxes, scores, embeddings, **kwargs)
+
+    monkeypatch.setattr(tracking, "Tracker", ClassRecordingTracker)
+    run = tracking.track(frames=str(short_sequence), yolo_weights=str(planted_weights.path), img_size=128,
+                         device="cpu", config=TrackerConfig(n_init=1), batch_size=2)
+    assert len(calls) == run.num_frames == SHORT
+    for boxes, class_ids in calls:
+        assert class_ids is not None and len(class_ids) == len(boxes) == 16
+        sides = np.round(boxes[:, 2] - boxes[:, 0])
+        np.testing.assert_array_equal(class_ids, np.where(sides < 17 / 0.4, 0, 2))  # 16 and 18 input px at scale 0.4
+    assert len(np.unique(run.rows[:, 1])) == 16  # concentric boxes of two classes: two tracks each
+
+
+def test_classes_need_yolov7_detections(sequence):
+    with pytest.raises(ValueError, match="no class column"):
+        tracking.track(detections=str(sequence / "det" / "det.txt"), classes=[0])
 
 
 def test_frame_rate_from_seqinfo_drives_buffers_and_the_output_video(sequence, tmp_path):

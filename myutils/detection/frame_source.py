@@ -8,15 +8,19 @@ images are skipped and counted (``FrameSource.skipped``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
 
 from myutils.cli import InputError
 from myutils.data.image_io import is_image_file, read_image_rgb
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -95,3 +99,10 @@ class FrameSource:
                     yield Frame(number, f"{self.path}#{number}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         finally:
             capture.release()
+
+
+def in_batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last one shorter): frames for one batched forward pass."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch

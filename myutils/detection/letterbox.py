@@ -47,9 +47,8 @@ def letterbox_image(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox
     height, width = image.shape[:2]
     scale = min(size / height, size / width)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    if (new_w, new_h) != (width, height):
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        image = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    if (new_w, new_h) != (width, height):  # INTER_LINEAR both ways, as YOLOv7's inference letterbox
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     pad_left, pad_top = (size - new_w) // 2, (size - new_h) // 2
     canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
     canvas[pad_top : pad_top + new_h, pad_left : pad_left + new_w] = image
@@ -58,4 +57,10 @@ def letterbox_image(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """RGB uint8 ``[H, W, 3]`` -> float ``[1, 3, H, W]`` in [0, 1] (YOLOv7's input convention)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    return images_to_tensor([image])
+
+
+def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """Equal-sized RGB uint8 images -> float ``[B, 3, H, W]`` in [0, 1]."""
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack(images)))
+    return batch.permute(0, 3, 1, 2).float().div_(255.0)

@@ -1,10 +1,21 @@
-"""The YOLOv7 network of ``cfg/training/yolov7.yaml``, written from its published architecture.
+"""The YOLOv7 network of ``cfg/training/yolov7.yaml`` and ``cfg/deploy/yolov7.yaml``, written from
+its published architecture, in the three forms users hold.
 
 Layer indices and attribute names follow the official model, so an official state dict
-(``model.<index>.<attribute>``) loads with ``strict=True``. With 80 classes: 566 state-dict
-entries and 37,622,682 parameters (the training form: RepConv unfused, IDetect with implicit
-layers). The forward pass also returns the output of ``SPPCSPC`` (layer 51,
-``[B, 512, H/32, W/32]``), the feature map of the ROI appearance encoder.
+(``model.<index>.<attribute>``) loads with ``strict=True``. With 80 classes:
+
+=========  =================================  =========================  ========  ==========
+form       config                             head                       entries   parameters
+=========  =================================  =========================  ========  ==========
+training   ``cfg/training/yolov7.yaml``       ``IDetect`` (``ia``/``im``)     566   37,622,682
+deploy     ``cfg/deploy/yolov7.yaml``         ``Detect``                      560   37,620,125
+fused      deploy (or training) + ``fuse()``  ``Detect``, Conv+BN merged,     186   36,905,341
+                                              RepConv -> ``rbr_reparam``
+=========  =================================  =========================  ========  ==========
+
+The forward pass also returns the output of ``SPPCSPC`` (layer 51, ``[B, 512, H/32, W/32]``),
+the feature map of the ROI appearance encoder. :meth:`YOLOv7.fuse` turns a training or deploy
+network into the fused form in place (same outputs up to fp32 rounding).
 
 The graph is built from short generators of rows ``(inputs, module)``: ``inputs`` is -1
 (previous layer), a negative offset or an absolute layer index, or a list of them for Concat.
@@ -16,28 +27,57 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from myutils.cli import InputError
 
 SPPCSPC_LAYER = 51
+DETECT_LAYER = 105
 DEFAULT_ANCHORS = ((12, 16, 19, 36, 40, 28), (36, 75, 76, 55, 72, 146), (142, 110, 192, 243, 459, 401))
 STRIDES = (8, 16, 32)
 # YOLOv7 trains with these BatchNorm settings; real weights assume eps=1e-3 at inference
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03
+FORMS = ("training", "deploy", "fused")
+
+
+def _batchnorm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def fold_batchnorm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel and bias of ``bn(conv(x))`` for a bias-free conv with ``weight`` (BatchNorm in eval mode)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
 
 
 class Conv(nn.Module):
-    """Conv2d (no bias) + BatchNorm2d + SiLU, 'same' padding for odd kernels."""
+    """Conv2d (no bias) + BatchNorm2d + SiLU, 'same' padding for odd kernels.
 
-    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1):
+    Fused form (``fused=True`` or after :meth:`fuse`): one Conv2d with bias, no ``bn``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, fused: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=fused)
+        self.bn = None if fused else _batchnorm(c_out)
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        x = self.conv(x)
+        return self.act(x if self.bn is None else self.bn(x))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        if self.bn is None:
+            return
+        conv = self.conv
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          bias=True).to(conv.weight)
+        weight, bias = fold_batchnorm(conv.weight, self.bn)
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+        self.conv, self.bn = fused, None
 
 
 class MP(nn.Module):
@@ -59,17 +99,17 @@ class Concat(nn.Module):
 class SPPCSPC(nn.Module):
     """Spatial pyramid pooling (max-pools 5, 9, 13) inside a cross-stage-partial block."""
 
-    def __init__(self, c_in: int, c_out: int = 512, pool_sizes: tuple[int, ...] = (5, 9, 13)):
+    def __init__(self, c_in: int, c_out: int = 512, pool_sizes: tuple[int, ...] = (5, 9, 13), fused: bool = False):
         super().__init__()
         c_ = c_out
-        self.cv1 = Conv(c_in, c_, 1)
-        self.cv2 = Conv(c_in, c_, 1)
-        self.cv3 = Conv(c_, c_, 3)
-        self.cv4 = Conv(c_, c_, 1)
+        self.cv1 = Conv(c_in, c_, 1, fused=fused)
+        self.cv2 = Conv(c_in, c_, 1, fused=fused)
+        self.cv3 = Conv(c_, c_, 3, fused=fused)
+        self.cv4 = Conv(c_, c_, 1, fused=fused)
         self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2) for k in pool_sizes)
-        self.cv5 = Conv((len(pool_sizes) + 1) * c_, c_, 1)
-        self.cv6 = Conv(c_, c_, 3)
-        self.cv7 = Conv(2 * c_, c_out, 1)
+        self.cv5 = Conv((len(pool_sizes) + 1) * c_, c_, 1, fused=fused)
+        self.cv6 = Conv(c_, c_, 3, fused=fused)
+        self.cv7 = Conv(2 * c_, c_out, 1, fused=fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.cv4(self.cv3(self.cv1(x)))
@@ -78,25 +118,50 @@ class SPPCSPC(nn.Module):
 
 
 class RepConv(nn.Module):
-    """Re-parameterisable conv (training form): SiLU(3x3 conv-BN + 1x1 conv-BN [+ BN identity])."""
+    """Re-parameterisable 3x3 conv: SiLU(3x3 conv-BN + 1x1 conv-BN [+ BN identity]).
 
-    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1):
+    Fused form (``fused=True`` or after :meth:`fuse`): SiLU(``rbr_reparam``), one 3x3 conv with bias.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, fused: bool = False):
         super().__init__()
         self.act = nn.SiLU()
-        self.rbr_identity = (
-            nn.BatchNorm2d(c_in, eps=BN_EPS, momentum=BN_MOMENTUM) if c_in == c_out and stride == 1 else None
-        )
-        self.rbr_dense = nn.Sequential(
-            nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False),
-            nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM),
-        )
-        self.rbr_1x1 = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, 0, bias=False), nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
-        )
+        if fused:
+            self.rbr_reparam = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=True)
+            return
+        self.rbr_identity = _batchnorm(c_in) if c_in == c_out and stride == 1 else None
+        self.rbr_dense = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), _batchnorm(c_out))
+        self.rbr_1x1 = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, 0, bias=False), _batchnorm(c_out))
+
+    @property
+    def fused(self) -> bool:
+        return hasattr(self, "rbr_reparam")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self.act(self.rbr_reparam(x))
         identity = self.rbr_identity(x) if self.rbr_identity is not None else 0
         return self.act(self.rbr_dense(x) + self.rbr_1x1(x) + identity)
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """One 3x3 kernel: the dense branch, the 1x1 branch padded to 3x3 and the identity as a 3x3 kernel."""
+        if self.fused:
+            return
+        dense = self.rbr_dense[0]
+        kernel, bias = fold_batchnorm(dense.weight, self.rbr_dense[1])
+        kernel_1x1, bias_1x1 = fold_batchnorm(self.rbr_1x1[0].weight, self.rbr_1x1[1])
+        kernel, bias = kernel + F.pad(kernel_1x1, [1, 1, 1, 1]), bias + bias_1x1
+        if self.rbr_identity is not None:
+            channels = dense.in_channels
+            identity = torch.zeros_like(dense.weight)
+            identity[torch.arange(channels), torch.arange(channels), 1, 1] = 1.0
+            kernel_id, bias_id = fold_batchnorm(identity, self.rbr_identity)
+            kernel, bias = kernel + kernel_id, bias + bias_id
+        self.rbr_reparam = nn.Conv2d(dense.in_channels, dense.out_channels, 3, dense.stride, 1, bias=True).to(kernel)
+        self.rbr_reparam.weight.copy_(kernel)
+        self.rbr_reparam.bias.copy_(bias)
+        del self.rbr_dense, self.rbr_1x1, self.rbr_identity
 
 
 class ImplicitA(nn.Module):
@@ -123,8 +188,8 @@ class ImplicitM(nn.Module):
         return self.implicit * x
 
 
-class IDetect(nn.Module):
-    """Detection head over three scales with implicit layers.
+class Detect(nn.Module):
+    """Detection head over three scales (the deploy and fused forms).
 
     ``anchors`` are stored in units of each level's stride, ``anchor_grid`` in pixels (as in the
     official checkpoints). Training mode returns the raw maps ``[B, na, ny, nx, 5 + nc]`` per level;
@@ -144,8 +209,6 @@ class IDetect(nn.Module):
         self.register_buffer("anchors", anchor_pixels / stride.view(-1, 1, 1))
         self.register_buffer("anchor_grid", anchor_pixels.clone().view(self.num_levels, 1, -1, 1, 1, 2))
         self.m = nn.ModuleList(nn.Conv2d(c, self.num_outputs * self.num_anchors, 1) for c in channels)
-        self.ia = nn.ModuleList(ImplicitA(c) for c in channels)
-        self.im = nn.ModuleList(ImplicitM(self.num_outputs * self.num_anchors) for _ in channels)
         self._init_biases()
 
     def _init_biases(self) -> None:
@@ -155,10 +218,13 @@ class IDetect(nn.Module):
             bias[:, 4] += math.log(8 / (640 / stride) ** 2)
             bias[:, 5:] += math.log(0.6 / (self.num_classes - 0.99))
 
+    def level_output(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        return self.m[level](x)
+
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor] | torch.Tensor:
         raw, decoded = [], []
         for level, x in enumerate(xs):
-            y = self.im[level](self.m[level](self.ia[level](x)))
+            y = self.level_output(x, level)
             batch, _, ny, nx = y.shape
             y = y.view(batch, self.num_anchors, self.num_outputs, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             raw.append(y)
@@ -171,9 +237,37 @@ class IDetect(nn.Module):
         gy, gx = torch.meshgrid(torch.arange(ny, device=y.device), torch.arange(nx, device=y.device), indexing="ij")
         grid = torch.stack((gx, gy), dim=-1).view(1, 1, ny, nx, 2).to(y.dtype)
         y = y.sigmoid()
-        xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * self.stride[level]
-        wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[level]
+        xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * self.stride[level].to(y.dtype)
+        wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[level].to(y.dtype)
         return torch.cat([xy, wh, y[..., 4:]], dim=-1).view(batch, -1, self.num_outputs)
+
+
+class IDetect(Detect):
+    """The training form's head: ``ImplicitM(conv(ImplicitA(x)))`` per level."""
+
+    def __init__(self, num_classes: int, anchors=DEFAULT_ANCHORS, channels=(256, 512, 1024), strides=STRIDES):
+        super().__init__(num_classes, anchors, channels, strides)
+        self.ia = nn.ModuleList(ImplicitA(c) for c in channels)
+        self.im = nn.ModuleList(ImplicitM(self.num_outputs * self.num_anchors) for _ in channels)
+
+    def level_output(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        return self.im[level](self.m[level](self.ia[level](x)))
+
+    @torch.no_grad()
+    def fused(self) -> Detect:
+        """A plain :class:`Detect` with the implicit layers folded into its convs.
+
+        ``m * (W (x + a) + b) = (m W) x + m (b + W a)`` per level.
+        """
+        channels = tuple(conv.in_channels for conv in self.m)
+        anchors = tuple(tuple((grid.flatten()).tolist()) for grid in self.anchor_grid)
+        detect = Detect(self.num_classes, anchors, channels, tuple(self.stride.tolist())).to(self.anchors)
+        for conv, target, offset, scale in zip(self.m, detect.m, self.ia, self.im, strict=True):
+            weight = conv.weight.flatten(1)
+            bias = conv.bias + weight @ offset.implicit.flatten()
+            target.weight.copy_(conv.weight * scale.implicit.view(-1, 1, 1, 1))
+            target.bias.copy_(bias * scale.implicit.flatten())
+        return detect
 
 
 # ---- the layer table -------------------------------------------------------------------------
@@ -244,7 +338,7 @@ def yolov7_layers(num_classes: int):
     yield 75, ("repconv", 256)  # 102
     yield 88, ("repconv", 512)  # 103
     yield 101, ("repconv", 1024)  # 104
-    yield [102, 103, 104], ("idetect", num_classes)  # 105
+    yield [102, 103, 104], ("detect", num_classes)  # 105
 
 
 @dataclass(frozen=True)
@@ -253,7 +347,8 @@ class LayerWiring:
     concat: bool  # whether the layer takes a list of inputs
 
 
-def _build(num_classes: int, in_channels: int) -> tuple[nn.Sequential, list[LayerWiring]]:
+def _build(num_classes: int, in_channels: int, form: str) -> tuple[nn.Sequential, list[LayerWiring]]:
+    fused = form == "fused"
     modules, wiring, channels = [], [], []
     for index, (inputs, spec) in enumerate(yolov7_layers(num_classes)):
         sources = inputs if isinstance(inputs, list) else [inputs]
@@ -261,7 +356,7 @@ def _build(num_classes: int, in_channels: int) -> tuple[nn.Sequential, list[Laye
         c_in = [channels[i] if i >= 0 else in_channels for i in absolute]
         kind = spec[0]
         if kind == "conv":
-            module, c_out = Conv(c_in[0], spec[1], spec[2], spec[3]), spec[1]
+            module, c_out = Conv(c_in[0], spec[1], spec[2], spec[3], fused=fused), spec[1]
         elif kind == "mp":
             module, c_out = MP(), c_in[0]
         elif kind == "upsample":
@@ -269,11 +364,12 @@ def _build(num_classes: int, in_channels: int) -> tuple[nn.Sequential, list[Laye
         elif kind == "concat":
             module, c_out = Concat(), sum(c_in)
         elif kind == "sppcspc":
-            module, c_out = SPPCSPC(c_in[0], spec[1]), spec[1]
+            module, c_out = SPPCSPC(c_in[0], spec[1], fused=fused), spec[1]
         elif kind == "repconv":
-            module, c_out = RepConv(c_in[0], spec[1], 3, 1), spec[1]
-        else:  # idetect
-            module, c_out = IDetect(spec[1], channels=tuple(c_in)), 0
+            module, c_out = RepConv(c_in[0], spec[1], fused=fused), spec[1]
+        else:  # the head: IDetect with implicit layers in the training form, Detect otherwise
+            head = IDetect if form == "training" else Detect
+            module, c_out = head(spec[1], channels=tuple(c_in)), 0
         modules.append(module)
         wiring.append(LayerWiring(absolute, isinstance(inputs, list)))
         channels.append(c_out)
@@ -281,17 +377,34 @@ def _build(num_classes: int, in_channels: int) -> tuple[nn.Sequential, list[Laye
 
 
 class YOLOv7(nn.Module):
-    """YOLOv7 (training-form graph). ``forward`` returns ``(detections, sppcspc_features)``."""
+    """YOLOv7 in one of :data:`FORMS`. ``forward`` returns ``(detections, sppcspc_features)``."""
 
-    def __init__(self, num_classes: int = 80, in_channels: int = 3):
+    def __init__(self, num_classes: int = 80, in_channels: int = 3, form: str = "training"):
         super().__init__()
+        if form not in FORMS:
+            raise InputError(f"unknown YOLOv7 form {form!r}; expected one of {', '.join(FORMS)}")
         self.num_classes = num_classes
-        self.model, self._wiring = _build(num_classes, in_channels)
+        self.form = form
+        self.model, self._wiring = _build(num_classes, in_channels, form)
         self._needed = {i for wiring in self._wiring for i in wiring.inputs}
 
     @property
-    def detect(self) -> IDetect:
+    def detect(self) -> Detect:
         return self.model[-1]
+
+    @torch.no_grad()
+    def fuse(self) -> YOLOv7:
+        """Merge every Conv+BN, every RepConv and the implicit layers: the fused form, in place.
+
+        Outputs stay the same up to fp32 rounding (BatchNorm uses its running statistics, as in eval mode).
+        """
+        for module in self.modules():
+            if isinstance(module, (Conv, RepConv)):
+                module.fuse()
+        if isinstance(self.detect, IDetect):
+            self.model[-1] = self.detect.fused().train(self.detect.training)
+        self.form = "fused"
+        return self
 
     def _run(self, x: torch.Tensor, last_layer: int) -> list[torch.Tensor | None]:
         outputs: list[torch.Tensor | None] = []
@@ -319,11 +432,11 @@ def count_parameters(module: nn.Module) -> int:
 
 def num_classes_from_state_dict(state_dict: dict[str, torch.Tensor]) -> int:
     """The class count implied by the detection convs ``model.105.m.0.weight`` (na * (5 + nc) outputs)."""
-    key = "model.105.m.0.weight"
+    key = f"model.{DETECT_LAYER}.m.0.weight"
     if key not in state_dict:
         raise InputError(f"not a YOLOv7 state dict: {key!r} is missing")
-    anchors = state_dict.get("model.105.anchors")
-    num_anchors = anchors.shape[1] if anchors is not None else 3
+    anchors = state_dict.get(f"model.{DETECT_LAYER}.anchors")
+    num_anchors = anchors.shape[1] if anchors is not None and anchors.ndim == 3 else 3
     outputs = state_dict[key].shape[0]
     if outputs % num_anchors or outputs // num_anchors <= 5:
         raise InputError(f"{key} has {outputs} output channels, not a multiple of {num_anchors} anchors x (5 + nc)")

@@ -9,7 +9,8 @@ similarity matrices whose diagonal is removed,
     P_t = softmax_row(cos(t_i, t_j) / 0.07),   P_z = softmax_row(cos(z_i, z_j) / 0.2),
 
 (KL averaged over rows: "batchmean"). NT-Xent is SimCLR's: for each of the 2B views, the
-other view of the same ROI against all 2B - 1 other views,
+other view of the same ROI against all 2B - 1 other views (under torchrun: against the views
+of every rank's batch, so the negatives are those of the global batch; the KL term stays per rank),
 
     l_i = -log( exp(s_{i,p(i)} / tau) / sum_{k != i} exp(s_{i,k} / tau) ).
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from myutils.training.distributed import all_gather_with_grad, rank_and_world_size
 
 
 def noisy_view(
@@ -34,12 +37,23 @@ def noisy_view(
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
-    """SimCLR's NT-Xent over the 2B views (inputs are normalised here)."""
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    batch = z1.shape[0]
-    logits = z @ z.T / temperature
-    logits.fill_diagonal_(float("-inf"))
-    positives = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(z.device)
+    """SimCLR's NT-Xent (inputs are normalised here); under torchrun the negatives are every rank's views.
+
+    Each rank's 2B local views are the anchors; the candidates are the 2 W B views of all W
+    ranks, gathered with gradient. The mean of the per-rank losses (what DDP's gradient
+    averaging optimises) is then exactly NT-Xent over the global batch of W B pairs.
+    """
+    local1, local2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    all1, all2 = all_gather_with_grad(local1), all_gather_with_grad(local2)
+    rank, _ = rank_and_world_size()
+    batch, total = z1.shape[0], all1.shape[0]
+    anchors = torch.cat([local1, local2])
+    logits = anchors @ torch.cat([all1, all2]).T / temperature
+    # column of each anchor itself and of its other view among the 2 * total candidates
+    rows = torch.arange(batch, device=logits.device) + rank * batch
+    own = torch.cat([rows, rows + total])
+    positives = torch.cat([rows + total, rows])
+    logits[torch.arange(2 * batch, device=logits.device), own] = float("-inf")
     return F.cross_entropy(logits, positives)
 
 

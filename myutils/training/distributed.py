@@ -65,7 +65,14 @@ def barrier() -> None:
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward returns each rank its slice of the summed gradient."""
+    """all_gather whose backward gives each rank the gradient of the sum of every rank's loss
+    with respect to its own slice.
+
+    Each rank's loss reads the gathered tensor, so rank r's rows get gradient from every rank's
+    loss: the gathered gradients are summed over ranks and each rank keeps its slice. DDP then
+    averages parameter gradients over ranks, which makes the step the gradient of the mean of
+    the per-rank losses, i.e. of the loss of one big batch.
+    """
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
@@ -76,7 +83,6 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         grad = grad_output.contiguous().clone()
-        # every rank computed the same global loss: sum the gradient contributions
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         chunk = grad.shape[0] // dist.get_world_size()
         rank = dist.get_rank()
@@ -84,10 +90,31 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` (same shape on every rank) over ranks along dim 0, keeping autograd."""
+    """Concatenate ``tensor`` (same shape on every rank) over ranks along dim 0, keeping autograd.
+
+    For a per-rank loss on the gathered tensor (e.g. local anchors against every rank's
+    candidates); see :class:`_GatherWithGrad` for the gradient it gives.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """``(rank, world size)`` of the current process group; ``(0, 1)`` outside torchrun."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def all_gather_object(obj):
+    """Every rank's ``obj`` (plain data, tensors), as a list in rank order; ``[obj]`` in a world of one."""
+    _, world_size = rank_and_world_size()
+    if world_size == 1:
+        return [obj]
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
