@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -158,3 +159,14 @@ def test_mot_file_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.txt").write_text("1,2,3\n")
     with pytest.raises(ValueError, match="bad.txt:1"):
         read_mot(tmp_path / "bad.txt")
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    """mkstemp creates 0600 files; a checkpoint others cannot read is useless on a shared machine."""
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint({"x": torch.zeros(1)}, tmp_path / "a.pth")
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pth"]  # no temporary file left behind

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from myutils.cli import InputError, TrainingError
+from myutils.training.checkpoint import atomic_output
 from myutils.training.log import write_json_atomic
 
 OPSET = 17
@@ -71,21 +71,18 @@ def export_checked(spec: ExportSpec, output: str | os.PathLike, atol: float = 1e
     """
     path = Path(output)
     path = path if path.suffix == ".onnx" else path.with_name(path.name + ".onnx")
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = spec.module.eval()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(module, spec.example_inputs, tmp_name, input_names=spec.input_names,
+            torch.onnx.export(module, spec.example_inputs, str(tmp), input_names=spec.input_names,
                               output_names=spec.output_names, dynamic_axes=spec.dynamic_axes,
                               opset_version=OPSET, dynamo=False)
         check_inputs = spec.check_inputs or spec.example_inputs
         with torch.no_grad():
             expected = [t.detach().float().cpu().numpy() for t in _as_tuple(module(*check_inputs))]
         feeds = {name: t.detach().cpu().numpy() for name, t in zip(spec.input_names, check_inputs, strict=True)}
-        actual = onnxruntime_outputs(tmp_name, feeds)
+        actual = onnxruntime_outputs(tmp, feeds)
         if len(actual) != len(expected):
             raise ParityError(f"{path}: onnxruntime gives {len(actual)} outputs, PyTorch {len(expected)}")
         diffs = {name: float(np.abs(a.astype(np.float64) - e).max()) if e.size else 0.0
@@ -93,9 +90,6 @@ def export_checked(spec: ExportSpec, output: str | os.PathLike, atol: float = 1e
         max_diff = max(diffs.values())
         if not max_diff <= atol:
             raise ParityError(f"{path}: onnxruntime differs from PyTorch by {max_diff:.3g} (> {atol:g}): {diffs}")
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
     report = {
         "onnx": str(path),
         "opset": OPSET,

@@ -6,10 +6,12 @@ Everything we save is tensors and plain Python data, so every file loads with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +20,34 @@ import torch
 from myutils.cli import InputError
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, then rename.
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file beside ``path`` that replaces ``path`` only when the block succeeds.
 
-    A crash mid-write leaves the previous checkpoint intact instead of a truncated file.
+    A crash mid-write leaves the previous file intact instead of a truncated one. The file gets the
+    permissions of a normally created one (``mkstemp`` alone would leave it readable by its owner only).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp_name)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
         os.replace(tmp_name, path)
-    except BaseException:
+    finally:
         Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (see :func:`atomic_output`), flushed to disk before the rename."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
