@@ -1,7 +1,8 @@
 """Supervised contrastive loss (Khosla et al. 2020, "Supervised Contrastive Learning").
 
-Semantics follow HobbitLong/SupContrast's ``SupConLoss``; the one deliberate difference is
-how anchors without any positive are treated (see :class:`SupConLoss`).
+Semantics follow HobbitLong/SupContrast's ``SupConLoss`` (soft masks included); anchors without
+any positive and batches without any negative are treated as pytorch-metric-learning treats them
+(see :class:`SupConLoss`).
 """
 
 from __future__ import annotations
@@ -16,19 +17,31 @@ class SupConLoss(nn.Module):
     r"""Supervised contrastive loss over ``V`` views of ``B`` samples.
 
     With anchors :math:`i` (all ``B·V`` views, or view 0 only for ``contrast_mode="one"``),
-    contrast set :math:`A(i)` (every view except :math:`i` itself) and positives
-    :math:`P(i) \subset A(i)` (views with the same label, or ``mask[i, p] = 1``):
+    contrast set :math:`A(i)` (every view except :math:`i` itself) and positive weights
+    :math:`w_{ip}` (1 for views with the same label; ``mask[i, p]`` when a mask is given, which may
+    be soft, e.g. label-smoothed or similarity-derived, values in [0, 1]):
 
     .. math::
-        \ell_i = -\frac{\tau}{\tau_{base}} \frac{1}{|P(i)|} \sum_{p \in P(i)}
+        \ell_i = -\frac{\tau}{\tau_{base}} \frac{1}{\sum_p w_{ip}} \sum_{p \in A(i)} w_{ip}
                  \log \frac{\exp(z_i \cdot z_p / \tau)}{\sum_{a \in A(i)} \exp(z_i \cdot z_a / \tau)},
-        \qquad L = \operatorname{mean}_{i : |P(i)| > 0} \ell_i
+        \qquad L = \operatorname{mean}_{i : \sum_p w_{ip} > 0} \ell_i
 
-    Anchors without a positive (a single-view sample whose class appears nowhere else in the
-    batch) carry no signal and are dropped from the mean, as in pytorch-metric-learning; when no
-    anchor has a positive the loss is a zero that keeps the graph. With ``labels`` and ``mask``
-    both ``None`` each sample is its own class (SimCLR). The row max is subtracted from the logits
-    (detached) for stability, and the math runs in float32 even under autocast.
+    As in the reference, a soft mask weights each positive's log-probability and divides by the
+    sum of the weights. Two degenerate cases follow pytorch-metric-learning:
+
+    - anchors without a positive (a single-view sample whose class appears nowhere else in the
+      batch) carry no signal and are dropped from the mean;
+    - a batch without any negative pair (every sample of one class; with a soft mask, every
+      weight 1) has nothing to contrast: the loss is 0 (the reference would give ``log(B·V - 1)``-sized values whose gradient only
+      equalises the positives' similarities).
+
+    In both "nothing to learn" cases the result is a zero that keeps the graph (a zero gradient).
+    With ``labels`` and ``mask`` both ``None`` each sample is its own class (SimCLR).
+
+    Numerics: the denominator is a ``logsumexp`` over the contrast set, which subtracts each row's
+    maximum (over the contrast set, self excluded) before exponentiating, so logits of any size are
+    stable (the reference subtracts a max that includes the self-similarity, which underflows the
+    whole row at very low temperatures). All math runs in float32 even under autocast.
 
     Args:
         temperature: :math:`\tau`.
@@ -50,7 +63,7 @@ class SupConLoss(nn.Module):
     def forward(
         self, features: torch.Tensor, labels: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``features [B, V, D]`` (L2-normalised), ``labels [B]`` or ``mask [B, B]`` (1 = same class)."""
+        """``features [B, V, D]`` (L2-normalised), ``labels [B]`` or ``mask [B, B]`` (1 = same class, may be soft)."""
         if features.dim() != 3:
             raise InputError(f"features must be [batch, views, dim], got shape {tuple(features.shape)}")
         if labels is not None and mask is not None:
@@ -58,37 +71,41 @@ class SupConLoss(nn.Module):
         batch, views, _ = features.shape
         with torch.autocast(device_type=features.device.type, enabled=False):
             features = features.float()
-            class_mask = self._class_mask(batch, labels, mask, features.device)
+            positive_weight = self._positive_weights(batch, labels, mask, features.device)
             # view-major order: row v*B + b is view v of sample b
             contrast = features.transpose(0, 1).reshape(batch * views, -1)
             anchor = contrast[:batch] if self.contrast_mode == "one" else contrast
             n_anchor = anchor.shape[0]
 
             logits = anchor @ contrast.T / self.temperature
-            logits = logits - logits.max(dim=1, keepdim=True).values.detach()
             not_self = torch.ones_like(logits, dtype=torch.bool)
             not_self[torch.arange(n_anchor), torch.arange(n_anchor)] = False
-            positives = class_mask.repeat(n_anchor // batch, views) & not_self
+            weights = positive_weight.repeat(n_anchor // batch, views) * not_self
 
             log_denominator = torch.logsumexp(logits.masked_fill(~not_self, -torch.inf), dim=1, keepdim=True)
             log_prob = logits - log_denominator
-            n_positive = positives.sum(dim=1)
-            has_positive = n_positive > 0
-            mean_log_prob_pos = (log_prob * positives).sum(dim=1) / n_positive.clamp(min=1)
+            weight_sum = weights.sum(dim=1)
+            has_positive = weight_sum > 0
+            has_negative = ((weights < 1) & not_self).any()  # a soft positive is partly a negative
+            mean_log_prob_pos = (log_prob * weights).sum(dim=1) / weight_sum.clamp(min=torch.finfo(torch.float32).tiny)
             losses = -(self.temperature / self.base_temperature) * mean_log_prob_pos
-            if not has_positive.any():
-                return (losses * 0.0).sum()
+            if not (has_positive.any() and has_negative):
+                return (logits * 0.0).sum()
             return losses[has_positive].mean()
 
     @staticmethod
-    def _class_mask(batch: int, labels, mask, device) -> torch.Tensor:
+    def _positive_weights(batch: int, labels, mask, device) -> torch.Tensor:
+        """``[B, B]`` float weight of sample j as a positive of sample i (self included; removed later)."""
         if labels is not None:
             labels = labels.reshape(-1).to(device)
             if labels.numel() != batch:
                 raise InputError(f"got {labels.numel()} labels for {batch} samples")
-            return labels[:, None] == labels[None, :]
+            return (labels[:, None] == labels[None, :]).float()
         if mask is not None:
             if mask.shape != (batch, batch):
                 raise InputError(f"mask must be [{batch}, {batch}], got {tuple(mask.shape)}")
-            return mask.to(device).bool()
-        return torch.eye(batch, dtype=torch.bool, device=device)
+            mask = mask.to(device).float()
+            if bool(((mask < 0) | (mask > 1)).any()):
+                raise InputError("mask values must lie in [0, 1]")
+            return mask
+        return torch.eye(batch, device=device)
