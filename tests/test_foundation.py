@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -22,7 +23,7 @@ from myutils.data.image_folder import (
 from myutils.data.image_io import read_image_rgb, write_image_rgb
 from myutils.retrieval.metrics import retrieval_metrics, top_k_search
 from myutils.training.checkpoint import load_checkpoint, save_checkpoint
-from myutils.training.schedule import warmup_cosine_factor
+from myutils.training.schedule import warmup_cosine_factor, warmup_cosine_scheduler
 from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 
@@ -68,6 +69,30 @@ def test_warmup_cosine_factor():
     assert warmup_cosine_factor(20, 4, 20, min_factor=0.1) == pytest.approx(0.1)
 
 
+def test_warmup_cosine_extends_without_a_jump_and_survives_the_scheduler_state(tmp_path):
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = warmup_cosine_scheduler(optimizer, 2, 10)
+    for _ in range(6):
+        optimizer.step()
+        scheduler.step()
+    state = scheduler.state_dict()
+    torch.save(state, tmp_path / "s.pt")
+    restored = warmup_cosine_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 2, 99)
+    restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))  # the 10-step plan comes back, not 99
+    schedule = restored.lr_lambdas[0]
+    assert schedule.total_steps == 10 and schedule(6) == pytest.approx(warmup_cosine_factor(6, 2, 10))
+    before = schedule(6)
+    schedule.extend(6, 20)
+    assert schedule(6) == pytest.approx(before) and schedule(20) == pytest.approx(0.0)
+    values = [schedule(step) for step in range(6, 21)]
+    assert all(b < a for a, b in zip(values, values[1:], strict=False))
+    # the stretched remainder is the rest of the old cosine, slowed down: progress 0.5 at step 6, 0.75 at 13
+    assert schedule(13) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
+    during_warmup = warmup_cosine_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 4, 8)
+    during_warmup.lr_lambdas[0].extend(1, 16)  # still warming up: the cosine simply starts later
+    assert during_warmup.lr_lambdas[0](10) == pytest.approx(warmup_cosine_factor(10, 4, 16))
+
+
 def test_image_folder_unicode_corrupt_and_split(tmp_path):
     rng = np.random.default_rng(0)
     for name, count in [("裙子", 4), ("shirt", 3), ("single", 1)]:
@@ -84,9 +109,24 @@ def test_image_folder_unicode_corrupt_and_split(tmp_path):
     assert classes.index("single") not in {r.label for r in val}
 
     dataset = ImageFolderDataset(records, transform=lambda image: torch.from_numpy(image).permute(2, 0, 1))
-    inputs, labels, indices, n_skipped = collate_skip_none([dataset[i] for i in range(len(dataset))])
-    assert n_skipped == 1 and inputs.shape == (8, 3, 8, 8)
-    assert dataset.skipped_paths == {str(tmp_path / "shirt" / "broken.jpg")}
+    inputs, labels, indices, skipped = collate_skip_none([dataset[i] for i in range(len(dataset))])
+    assert inputs.shape == (8, 3, 8, 8) and len(indices) == 8
+    assert [records[i].path for i in skipped] == [str(tmp_path / "shirt" / "broken.jpg")]
+    assert collate_skip_none([dataset[int(skipped[0])]])[0] is None
+
+
+def test_a_folder_without_images_is_not_a_class(tmp_path):
+    write_image_rgb(tmp_path / "shirt" / "a.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    write_image_rgb(tmp_path / "skirt" / "nested" / "b.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes_only").mkdir()
+    (tmp_path / "notes_only" / "readme.txt").write_text("no images here")
+    records, classes = scan_image_folder(tmp_path)
+    assert classes == ["shirt", "skirt"] and [r.label for r in records] == [0, 1]
+    (tmp_path / "shirt" / "a.png").unlink()
+    (tmp_path / "skirt" / "nested" / "b.png").unlink()
+    with pytest.raises(ValueError, match="no images found"):
+        scan_image_folder(tmp_path)
 
 
 def test_scan_image_folder_errors(tmp_path):

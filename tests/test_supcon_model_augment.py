@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 
 import albumentations as A
 import numpy as np
@@ -12,13 +13,16 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
+import augment_images
 from augment_images import (
+    AUGMENT_PRESETS,
+    COLOUR_OPS,
     A2ClothingTransform,
     EvalTransform,
     MultiViewTransform,
-    colour_agnostic_augmentations,
     preview_augmentations,
     seed_worker_augmentation,
+    training_augmentations,
 )
 from augment_images import (
     main as augment_main,
@@ -50,6 +54,34 @@ def test_rebuilt_from_checkpoint_alone(tmp_path):
         EmbeddingModel.from_checkpoint(tmp_path / "other.pth")
 
 
+TINY_VIT = "test_vit3"  # a fixed-size ViT (160 px by default; timm's test_vit accepts any size)
+
+
+def test_img_size_reaches_fixed_size_backbones():
+    vit = EmbeddingModel(TINY_VIT, emb_dim=8, img_size=32).eval()  # built for 160 px by default
+    assert vit(torch.randn(2, 3, 32, 32)).shape == (2, 8) and vit.config["img_size"] == [32, 32]
+    with pytest.raises(AssertionError, match="doesn't match model"):
+        timm.create_model(TINY_VIT, num_classes=0)(torch.randn(1, 3, 32, 32))  # what --img_size alone used to give
+    rebuilt = EmbeddingModel.from_config(vit.config)
+    rebuilt.load_state_dict(vit.state_dict())  # the position embedding has the 32 px shape
+    conv = EmbeddingModel("test_efficientnet", emb_dim=8, img_size=(24, 40))  # no img_size argument: left out
+    assert conv.config["img_size"] == [24, 40] and conv.eval()(torch.randn(1, 3, 24, 40)).shape == (1, 8)
+
+
+def test_drop_rates_reach_timm_and_the_config():
+    model = EmbeddingModel("test_efficientnet", emb_dim=8, img_size=32, drop_rate=0.3, drop_path_rate=0.2)
+    assert model.backbone.drop_rate == 0.3 and (model.config["drop_rate"], model.config["drop_path_rate"]) == (0.3, 0.2)
+    drop_paths = [m for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert drop_paths and max(m.drop_prob for m in drop_paths) > 0
+    rebuilt = EmbeddingModel.from_config(model.config)
+    assert rebuilt.backbone.drop_rate == 0.3
+    images = torch.randn(4, 3, 32, 32)
+    model.train()
+    assert not torch.equal(model(images), model(images))  # random layers are active in training
+    model.eval()
+    assert torch.equal(model(images), model(images))
+
+
 def test_pretrained_weights_come_from_a_local_file_only(tmp_path):
     source = timm.create_model("test_efficientnet", num_classes=0)
     weights = tmp_path / "backbone.safetensors"
@@ -63,13 +95,68 @@ def test_pretrained_weights_come_from_a_local_file_only(tmp_path):
         EmbeddingModel("no_such_model_xyz")
 
 
-def test_augmentation_pipeline_is_strict_and_uses_albumentations_2_names():
-    pipeline = A2ClothingTransform(32).augment
-    assert pipeline.strict is True
-    names = {type(t).__name__ for t in colour_agnostic_augmentations(32)}
-    assert {"RandomResizedCrop", "Affine", "OneOf"} <= names
-    with pytest.raises(ValueError):  # a 1.x argument name is an error under strict=True, not silently dropped
-        A.Compose([A.RandomResizedCrop(height=32, width=32)], strict=True)
+def _leaf_transforms(transforms):
+    for transform in transforms:
+        if isinstance(transform, A.BaseCompose):
+            yield from _leaf_transforms(transform.transforms)
+        else:
+            yield transform
+
+
+@pytest.mark.parametrize("preset", AUGMENT_PRESETS)
+@pytest.mark.parametrize("hflip, colour_ops", [(True, True), (False, False)])
+def test_every_augmentation_argument_is_an_albumentations_2_name(preset, hflip, colour_ops):
+    transforms = training_augmentations(32, preset, hflip, colour_ops)
+    for transform in _leaf_transforms(transforms):
+        assert not transform.invalid_args, (type(transform).__name__, transform.invalid_args)
+
+
+def test_a_wrong_argument_name_stops_the_pipeline(monkeypatch):
+    # a 1.x name (CoarseDropout(max_holes=...)) is dropped with a warning unless Compose is strict
+    monkeypatch.setattr(augment_images, "training_augmentations", lambda *args: [A.CoarseDropout(max_holes=8)])
+    with pytest.raises(ValueError, match="max_holes"), pytest.warns(UserWarning, match="max_holes"):
+        A2ClothingTransform(32)
+
+
+def _applied_ops(preset, hflip=True, colour_ops=True, n=300):
+    """Names of the leaf transforms that fired over ``n`` augmentations of one image."""
+    transform = A2ClothingTransform(32, preset=preset, hflip=hflip, colour_ops=colour_ops, seed=0)
+    transform.augment = A.Compose(transform.augment.transforms, strict=True, seed=0, save_applied_params=True)
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    fired = Counter()
+    for _ in range(n):
+        fired.update(name for name, _ in transform.augment(image=image)["applied_transforms"])
+    return fired
+
+
+def test_colour_ops_are_in_the_default_pipeline_and_fire():
+    fired = _applied_ops("colour_agnostic")
+    # OneOf(p=0.8) over four ops: each fires in about 20 % of the images
+    for name in COLOUR_OPS:
+        assert 30 <= fired[name] <= 100, (name, fired[name])
+    assert 90 <= fired["HorizontalFlip"] <= 210 and fired["ColorJitter"] > 100
+    without = _applied_ops("colour_agnostic", hflip=False, colour_ops=False)
+    assert not set(COLOUR_OPS) & set(without) and "ColorJitter" not in without and "HorizontalFlip" not in without
+    assert without["RandomBrightnessContrast"] > 100 and without["CoarseDropout"] + without["GridDropout"] > 50
+
+
+def test_colour_ops_really_remove_colour():
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    image[..., 0] = 200  # pure red
+    grey = A.Compose([A.ToGray(num_output_channels=3, p=1.0)], strict=True)(image=image)["image"]
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    views = [A2ClothingTransform(32, seed=s).augment_image(image) for s in range(40)]
+    dominant = Counter(int(v.reshape(-1, 3).mean(0).argmax()) for v in views)
+    assert len(dominant) == 3  # red becomes green or blue in some views: hue is not a cue
+
+
+def test_presets_differ_and_light_is_a_crop_only():
+    names = {p: [type(t).__name__ for t in _leaf_transforms(training_augmentations(32, p))] for p in AUGMENT_PRESETS}
+    assert names["light"] == ["RandomResizedCrop"]
+    assert names["standard"] == ["RandomResizedCrop", "HorizontalFlip", "ColorJitter"]
+    assert set(COLOUR_OPS) <= set(names["colour_agnostic"])
+    with pytest.raises(ValueError, match="unknown augmentation preset"):
+        training_augmentations(32, "strong")
 
 
 def test_augmentation_seeding_is_reproducible():
@@ -109,11 +196,29 @@ def test_dataloader_workers_get_distinct_reproducible_streams():
     assert not all(torch.equal(a, b) for a, b in zip(first, run(12), strict=True))
 
 
-def test_eval_transform_uses_the_given_normalisation():
-    image = np.full((20, 30, 3), 255, dtype=np.uint8)
-    out = EvalTransform(16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))(image)
-    assert out.shape == (3, 16, 16)
-    torch.testing.assert_close(out, torch.ones(3, 16, 16))
+@pytest.mark.parametrize("size, interpolation, crop_pct", [(32, "bicubic", 0.95), (32, "bilinear", 0.875),
+                                                           ((24, 40), "bicubic", 0.9), (32, "nearest", 1.0)])
+def test_eval_transform_equals_timms_eval_transform(size, interpolation, crop_pct):
+    from PIL import Image
+
+    image = np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    height, width = (size, size) if isinstance(size, int) else size
+    reference = timm.data.create_transform(input_size=(3, height, width), interpolation=interpolation, crop_pct=crop_pct,
+                                           crop_mode="center", mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    ours = EvalTransform(size, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), interpolation, crop_pct)(image)
+    torch.testing.assert_close(ours, reference(Image.fromarray(image)), atol=1e-5, rtol=0)
+
+
+def test_eval_transform_follows_the_model_config():
+    model = EmbeddingModel("test_vit", emb_dim=8, img_size=32)
+    assert (model.config["interpolation"], model.config["crop_pct"]) == ("bicubic", 0.95)
+    image = np.random.default_rng(4).integers(0, 256, (60, 45, 3), dtype=np.uint8)
+    from_config = EvalTransform.from_config(model.config)(image)
+    plain_resize = EvalTransform(32, model.config["mean"], model.config["std"])(image)
+    assert from_config.shape == plain_resize.shape == (3, 32, 32)
+    assert not torch.allclose(from_config, plain_resize, atol=1e-2)  # the crop and filter matter
+    white = EvalTransform(16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))(np.full((20, 30, 3), 255, dtype=np.uint8))
+    torch.testing.assert_close(white, torch.ones(3, 16, 16))
 
 
 def test_preview_writes_the_grid(tmp_path):

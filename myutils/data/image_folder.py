@@ -32,7 +32,7 @@ def require_data_root(root: str | os.PathLike) -> Path:
 
 
 def list_class_folders(root: str | os.PathLike) -> list[str]:
-    """Sorted class names (sub-folders) of ``root``; clear errors for a bad root."""
+    """Sorted names of the sub-folders of ``root`` (hidden ones excluded); clear errors for a bad root."""
     root = require_data_root(root)
     classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
@@ -40,26 +40,27 @@ def list_class_folders(root: str | os.PathLike) -> list[str]:
     return classes
 
 
+def _image_files(folder: Path) -> list[str]:
+    """Image files below ``folder`` (recursive), sorted."""
+    return sorted(
+        str(Path(dirpath) / name) for dirpath, _, names in os.walk(folder) for name in names if is_image_file(name)
+    )
+
+
 def scan_image_folder(
     root: str | os.PathLike, class_names: Sequence[str] | None = None
 ) -> tuple[list[ImageRecord], list[str]]:
     """All image files below ``root/<class>/`` with integer labels.
 
-    ``class_names`` fixes the label order (for a validation or query folder that must
-    share the gallery's labels); folders not in it are ignored.
+    A folder without any image file is not a class. ``class_names`` fixes the label order (for a
+    validation or query folder that must share the gallery's labels); folders not in it are ignored.
     """
     root = Path(root)
-    found = list_class_folders(root)
-    names = list(class_names) if class_names is not None else found
+    files = {name: _image_files(root / name) for name in list_class_folders(root)}
+    files = {name: paths for name, paths in files.items() if paths}
+    names = list(class_names) if class_names is not None else sorted(files)
     index = {name: i for i, name in enumerate(names)}
-    records = []
-    for name in found:
-        if name not in index:
-            continue
-        for dirpath, _, filenames in os.walk(root / name):
-            for filename in sorted(filenames):
-                if is_image_file(filename):
-                    records.append(ImageRecord(str(Path(dirpath) / filename), index[name]))
+    records = [ImageRecord(path, index[name]) for name, paths in files.items() if name in index for path in paths]
     if not records:
         raise InputError(f"no images found below {root}")
     records.sort(key=lambda record: (record.label, record.path))
@@ -88,17 +89,16 @@ def split_per_class(
 
 
 class ImageFolderDataset(Dataset):
-    """Images of a class folder; unreadable images are skipped and counted, never fatal.
+    """Images of a class folder; unreadable images are skipped and reported, never fatal.
 
-    ``transform`` maps an RGB uint8 array to a tensor (or a tuple of views). An unreadable
-    file yields ``None``; :func:`collate_skip_none` drops it from the batch and
-    :attr:`skipped_paths` (per process) records it.
+    ``transform`` maps an RGB uint8 array to a tensor (or a tuple of views). An unreadable file
+    yields ``(None, label, index)``; :func:`collate_skip_none` drops it from the batch and returns
+    its index, so the caller can name the file (this works with worker processes too).
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform: Callable[[np.ndarray], object]):
         self.records = list(records)
         self.transform = transform
-        self.skipped_paths: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -110,20 +110,18 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         image = read_image_rgb(record.path)
-        if image is None:
-            self.skipped_paths.add(record.path)
-            return None
-        return self.transform(image), record.label, index
+        return (None if image is None else self.transform(image)), record.label, index
 
 
 def collate_skip_none(batch):
-    """Default collation after dropping the ``None`` items of unreadable images.
+    """Default collation of the readable items.
 
-    Returns ``(inputs, labels, indices, n_skipped)``; ``inputs`` is ``None`` when every item failed.
+    Returns ``(inputs, labels, indices, skipped_indices)``; ``inputs`` is ``None`` when every item
+    failed, ``skipped_indices`` (a long tensor) are the dataset indices of the unreadable images.
     """
-    kept = [item for item in batch if item is not None]
-    n_skipped = len(batch) - len(kept)
+    kept = [item for item in batch if item[0] is not None]
+    skipped = torch.tensor([item[2] for item in batch if item[0] is None], dtype=torch.long)
     if not kept:
-        return None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), n_skipped
+        return None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped
     inputs, labels, indices = torch.utils.data.default_collate(kept)
-    return inputs, labels, indices, n_skipped
+    return inputs, labels, indices, skipped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,14 @@ import numpy as np
 from myutils.cli import InputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` from a side length or a pair."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

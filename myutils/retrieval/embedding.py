@@ -1,4 +1,4 @@
-"""Embedding a list of images with a trained model (validation, galleries, queries)."""
+"""Embedding a list of images with a trained model (validation, galleries, queries), on one or all ranks."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from myutils.data.image_folder import ImageFolderDataset, ImageRecord, collate_skip_none
+from myutils.training.distributed import all_gather_variable
 from myutils.training.precision import autocast
 
 
@@ -26,6 +28,38 @@ class EmbeddedImages:
 
 
 @torch.no_grad()
+def _embed_in_order(model, records, transform, device, batch_size, num_workers, amp, desc, progress):
+    """``(embeddings [N, D] on device, kept record indices, skipped record indices)`` in record order."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(
+        ImageFolderDataset(records, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=collate_skip_none, pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # the loader's seed draw must not consume the global RNG (exact resume)
+    )
+    embeddings, kept, skipped = [], [], []
+    for inputs, _, indices, skipped_indices in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        skipped.append(skipped_indices)
+        if inputs is None:
+            continue
+        with autocast(device, amp):
+            embeddings.append(model(inputs.to(device, non_blocking=True)).float())
+        kept.append(indices)
+    model.train(was_training)
+    return (torch.cat(embeddings) if embeddings else None), _cat_indices(kept), _cat_indices(skipped)
+
+
+def _cat_indices(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+
+
+def _embedded(records: Sequence[ImageRecord], embeddings, kept: torch.Tensor, skipped: torch.Tensor) -> EmbeddedImages:
+    kept_records = [records[i] for i in kept.tolist()]
+    labels = torch.tensor([record.label for record in kept_records], dtype=torch.long)
+    embeddings = embeddings.cpu() if embeddings is not None and len(kept_records) else torch.empty(0, 0)
+    return EmbeddedImages(embeddings, labels, kept_records, [records[i].path for i in skipped.tolist()])
+
+
 def embed_records(
     model: nn.Module,
     records: Sequence[ImageRecord],
@@ -38,24 +72,48 @@ def embed_records(
     progress: bool = True,
 ) -> EmbeddedImages:
     """Embed ``records`` in eval mode; unreadable images are skipped and listed, never fatal."""
-    was_training = model.training
-    model.eval()
-    dataset = ImageFolderDataset(records, transform)
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip_none,
-        pin_memory=device.type == "cuda",
-    )
-    embeddings, labels, kept = [], [], []
-    for inputs, batch_labels, indices, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        if inputs is None:
-            continue
-        with autocast(device, amp):
-            embeddings.append(model(inputs.to(device, non_blocking=True)).float().cpu())
-        labels.append(batch_labels)
-        kept.extend(indices.tolist())
-    model.train(was_training)
-    kept_set = set(kept)
-    skipped = [record.path for i, record in enumerate(dataset.records) if i not in kept_set]
-    if not embeddings:
-        return EmbeddedImages(torch.empty(0, 0), torch.empty(0, dtype=torch.long), [], skipped)
-    return EmbeddedImages(torch.cat(embeddings), torch.cat(labels), [dataset.records[i] for i in kept], skipped)
+    embeddings, kept, skipped = _embed_in_order(model, records, transform, device, batch_size, num_workers, amp,
+                                                desc, progress)
+    return _embedded(records, embeddings, kept, skipped)
+
+
+def rank_shard(n_items: int) -> tuple[int, int]:
+    """``(start, stop)`` of this rank's contiguous share of ``n_items`` (all of them in a world of one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, n_items
+    bounds = np.linspace(0, n_items, dist.get_world_size() + 1).round().astype(int)
+    return int(bounds[dist.get_rank()]), int(bounds[dist.get_rank() + 1])
+
+
+def embed_records_distributed(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    transform: Callable[[np.ndarray], torch.Tensor],
+    device: torch.device,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    amp: bool = False,
+    desc: str = "embedding",
+    progress: bool = True,
+) -> EmbeddedImages:
+    """:func:`embed_records` with the work split over the ranks of a torchrun world.
+
+    Each rank embeds a contiguous shard; the shards are gathered, so every rank returns the whole
+    result in record order, equal to the single-process one (the model must be identical on every
+    rank: see :func:`myutils.training.distributed.broadcast_module_state`). A world of one is
+    plain :func:`embed_records`.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return embed_records(model, records, transform, device, batch_size, num_workers, amp, desc, progress)
+    start, stop = rank_shard(len(records))
+    rank = dist.get_rank()
+    embeddings, kept, skipped = _embed_in_order(model, records[start:stop], transform, device, batch_size,
+                                                num_workers, amp, f"{desc} (rank {rank})", progress)
+    dim = torch.tensor([0 if embeddings is None else embeddings.shape[1]], device=device)
+    dist.all_reduce(dim, op=dist.ReduceOp.MAX)  # a rank whose shard had no readable image still takes part
+    if embeddings is None:
+        embeddings = torch.empty(0, int(dim), device=device)
+    embeddings, _ = all_gather_variable(embeddings.contiguous())
+    kept, _ = all_gather_variable((kept + start).to(device))
+    skipped, _ = all_gather_variable((skipped + start).to(device))
+    return _embedded(records, embeddings if kept.numel() else None, kept.cpu(), skipped.cpu())

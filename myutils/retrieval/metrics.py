@@ -21,22 +21,58 @@ import torch
 
 from myutils.cli import InputError
 
+FAISS_MIN_GALLERY = 50_000  # from here on the torch path's [queries, gallery] blocks get thin: faiss blocks both
+SIMILARITY_BLOCK_ELEMENTS = 1 << 26  # torch path: at most 256 MiB of float32 similarities at a time
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def search_backend(queries: torch.Tensor, gallery: torch.Tensor, backend: str = "auto") -> str:
+    """``"faiss"`` or ``"torch"``: ``auto`` picks faiss for a large CPU gallery when it is installed."""
+    if backend not in ("auto", "torch", "faiss"):
+        raise InputError(f"search backend must be auto, torch or faiss, got {backend!r}")
+    if backend != "auto":
+        return backend
+    on_cpu = queries.device.type == gallery.device.type == "cpu"
+    return "faiss" if on_cpu and gallery.shape[0] >= FAISS_MIN_GALLERY and faiss_available() else "torch"
+
 
 def top_k_search(
-    queries: torch.Tensor, gallery: torch.Tensor, k: int, chunk_size: int = 4096
+    queries: torch.Tensor, gallery: torch.Tensor, k: int, backend: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` gallery items per query by inner product, in query chunks to bound memory.
+    """Top-``k`` gallery items per query by inner product (cosine for L2-normalised embeddings).
 
-    Returns ``(scores [Q, k], indices [Q, k])``, best first.
+    ``backend="auto"`` uses faiss's exact ``knn`` (the kernel of ``IndexFlatIP``) for galleries of at
+    least :data:`FAISS_MIN_GALLERY` items on the CPU when faiss is installed, and a torch matmul +
+    ``topk`` in query blocks of bounded memory otherwise; both give the same neighbours.
+    Returns ``(scores [Q, k], indices [Q, k])``, best first, on the queries' device.
     """
     k = min(k, gallery.shape[0])
+    if search_backend(queries, gallery, backend) == "faiss":
+        import faiss
+
+        scores, indices = faiss.knn(_as_float32_numpy(queries), _as_float32_numpy(gallery), k,
+                                    metric=faiss.METRIC_INNER_PRODUCT)
+        return torch.from_numpy(scores), torch.from_numpy(indices)
+    rows = max(1, SIMILARITY_BLOCK_ELEMENTS // max(1, gallery.shape[0]))
     scores, indices = [], []
-    for start in range(0, queries.shape[0], chunk_size):
-        sims = queries[start : start + chunk_size] @ gallery.T
-        chunk_scores, chunk_indices = sims.topk(k, dim=1)
-        scores.append(chunk_scores)
-        indices.append(chunk_indices)
+    for start in range(0, queries.shape[0], rows):
+        block_scores, block_indices = (queries[start : start + rows] @ gallery.T).topk(k, dim=1)
+        scores.append(block_scores)
+        indices.append(block_indices)
+    if not scores:
+        return queries.new_empty(0, k), torch.empty(0, k, dtype=torch.long, device=queries.device)
     return torch.cat(scores), torch.cat(indices)
+
+
+def _as_float32_numpy(tensor: torch.Tensor):
+    return tensor.detach().float().cpu().contiguous().numpy()
 
 
 def retrieval_metrics(
@@ -94,3 +130,62 @@ def retrieval_metrics(
     metrics["num_queries"] = n_valid
     metrics["num_queries_without_match"] = int(query.shape[0] - n_valid)
     return metrics
+
+
+def merge_retrieval_metrics(parts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Metrics of the union of disjoint query sets from each set's :func:`retrieval_metrics`."""
+    n_valid = sum(part["num_queries"] for part in parts)
+    means = [key for key in parts[0] if key not in ("num_queries", "num_queries_without_match")]
+    merged = {key: (sum(part[key] * part["num_queries"] for part in parts) / n_valid if n_valid else 0.0)
+              for key in means}
+    merged["num_queries"] = n_valid
+    merged["num_queries_without_match"] = sum(part["num_queries_without_match"] for part in parts)
+    return merged
+
+
+def nearest_neighbours(
+    query_embeddings: torch.Tensor, gallery_embeddings: torch.Tensor, k: int, queries_in_gallery: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`top_k_search`, leaving out the query itself when the queries are the gallery."""
+    if not queries_in_gallery:
+        return top_k_search(query_embeddings, gallery_embeddings, k)
+    scores, indices = top_k_search(query_embeddings, gallery_embeddings, k + 1)
+    keep = indices != torch.arange(indices.shape[0], device=indices.device)[:, None]
+    keep[keep.all(dim=1), -1] = False  # self not among the k + 1 (duplicates): drop the last instead
+    return scores[keep].view(-1, indices.shape[1] - 1), indices[keep].view(-1, indices.shape[1] - 1)
+
+
+def knn_classification(
+    query_embeddings: torch.Tensor,
+    query_labels: torch.Tensor,
+    gallery_embeddings: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    k: int = 5,
+    queries_in_gallery: bool = False,
+) -> dict:
+    """kNN classification accuracy and per-class precision@1 (queries without a gallery match excluded).
+
+    The predicted class is the majority label of the ``k`` nearest gallery items; a tie goes to the
+    class with the larger summed similarity. Returns ``{"knn_accuracy", "knn_k",
+    "per_class_precision_at_1": {label: value}}`` (labels of the queries that have a match).
+    """
+    if k < 1:
+        raise InputError(f"k must be positive, got {k}")
+    query_labels, gallery_labels = query_labels.cpu(), gallery_labels.cpu()
+    scores, indices = nearest_neighbours(query_embeddings.float(), gallery_embeddings.float(), k, queries_in_gallery)
+    scores, indices = scores.cpu(), indices.cpu()
+    n_classes = int(max(query_labels.max(), gallery_labels.max())) + 1 if len(query_labels) else 1
+    neighbour_labels = gallery_labels[indices]
+    votes = torch.zeros(len(query_labels), n_classes).scatter_add_(1, neighbour_labels, torch.ones_like(scores))
+    summed = torch.zeros(len(query_labels), n_classes).scatter_add_(1, neighbour_labels, scores.float())
+    predicted = (votes * (2 * k + 1) + summed).argmax(dim=1)  # one more vote outweighs any similarity sum
+
+    gallery_counts = torch.bincount(gallery_labels, minlength=n_classes)
+    has_match = gallery_counts[query_labels] > int(queries_in_gallery)
+    top1_correct = neighbour_labels[:, 0] == query_labels
+    per_class = {
+        int(label): float(top1_correct[has_match & (query_labels == label)].float().mean())
+        for label in query_labels[has_match].unique().tolist()
+    }
+    accuracy = float((predicted == query_labels)[has_match].float().mean()) if has_match.any() else 0.0
+    return {"knn_accuracy": accuracy, "knn_k": min(k, indices.shape[1]), "per_class_precision_at_1": per_class}

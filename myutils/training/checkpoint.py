@@ -71,3 +71,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def resolve_run_settings(
+    requested: dict[str, Any], defaults: dict[str, Any], saved: dict[str, Any] | None, source: str = "the checkpoint"
+) -> dict[str, Any]:
+    """The settings that define a run: ``requested`` (``None`` = not given) over the defaults, or over ``saved``.
+
+    A new run (``saved is None``) takes each requested value, else the default. A resumed run takes
+    the values ``saved`` in its checkpoint; asking for another value is an :class:`InputError` that
+    names both values, because silently training on with other settings is not the run that was
+    resumed.
+    """
+    if saved is None:
+        return {key: defaults[key] if requested.get(key) is None else requested[key] for key in defaults}
+    missing = sorted(set(defaults) - set(saved))
+    if missing:
+        raise InputError(f"{source} does not record the settings {', '.join(missing)} (written by an older version?): "
+                         "start a new run")
+    conflicts = [f"{key}={requested[key]!r} (the checkpoint has {saved[key]!r})"
+                 for key in defaults if requested.get(key) is not None and requested[key] != saved[key]]
+    if conflicts:
+        raise InputError(f"resuming {source}: {'; '.join(conflicts)}. These settings define the run and come from "
+                         "the checkpoint: leave them out, or start a new run")
+    return {key: saved[key] for key in defaults}

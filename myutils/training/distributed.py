@@ -152,12 +152,20 @@ def all_gather_variable(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
 
 
 def broadcast_module_state(module: torch.nn.Module, source: int = 0) -> None:
-    """Copy ``source``'s parameters and buffers to every rank (for modules outside DDP)."""
+    """Copy rank ``source``'s parameters and buffers into ``module`` on every rank.
+
+    For modules outside DDP, and before evaluating a DDP model shard-wise: DDP keeps parameters
+    equal, but each rank's last forward updates its own BatchNorm running statistics, so every rank
+    must embed with the weights that rank 0 saves.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     with torch.no_grad():
-        for tensor in module.state_dict().values():
-            dist.broadcast(tensor, source)
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dense = tensor.data if tensor.is_contiguous() else tensor.data.contiguous()
+            dist.broadcast(dense, source)
+            if dense is not tensor.data:
+                tensor.data.copy_(dense)
 
 
 def all_reduce_gradients(optimizer: torch.optim.Optimizer) -> None:
@@ -170,3 +178,12 @@ def all_reduce_gradients(optimizer: torch.optim.Optimizer) -> None:
                 parameter.grad = torch.zeros_like(parameter)  # every rank must join each all-reduce
             dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
             parameter.grad.div_(dist.get_world_size())
+
+
+def all_gather_objects(value: object) -> list[object]:
+    """Every rank's ``value`` (picklable), in rank order; ``[value]`` in a world of one."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

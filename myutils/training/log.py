@@ -22,8 +22,13 @@ def plot_curves(
     path: str | os.PathLike,
     x_key: str = "epoch",
     title: str | None = None,
+    x_keys: Mapping[str, str] | None = None,
 ) -> Path:
-    """One subplot per panel title, one line per history key in it (missing keys skipped)."""
+    """One subplot per panel title, one line per history key in it (missing keys skipped).
+
+    ``x_keys`` names another x series for some keys (values logged on some epochs only, with
+    :meth:`TrainingLog.log_series`), e.g. ``{"val_map_at_r": "val_epoch"}``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,8 +42,9 @@ def plot_curves(
     for ax, (panel_title, keys) in zip(axes.flat, panels.items(), strict=False):
         for key in keys:
             values = list(history.get(key, []))
+            key_xs = list(history.get((x_keys or {}).get(key, x_key), x_values))
             if values:
-                xs = x_values[-len(values) :] if len(x_values) >= len(values) else range(1, len(values) + 1)
+                xs = key_xs[-len(values) :] if len(key_xs) >= len(values) else range(1, len(values) + 1)
                 ax.plot(list(xs), values, marker="o", markersize=3, label=key)
         ax.set_title(panel_title)
         ax.set_xlabel(x_key)
@@ -75,10 +81,14 @@ class TrainingLog:
         self.writer.add_scalar(tag, value, step)
 
     def log_epoch(self, epoch: int, values: Mapping[str, float], tag_prefix: str = "Epoch/") -> None:
-        self.history.setdefault("epoch", []).append(epoch)
+        self.log_series("epoch", epoch, values, tag_prefix)
+
+    def log_series(self, x_key: str, x: int, values: Mapping[str, float], tag_prefix: str = "Epoch/") -> None:
+        """Append ``x`` to ``history[x_key]`` and each value to its key (e.g. metrics of some epochs only)."""
+        self.history.setdefault(x_key, []).append(x)
         for key, value in values.items():
             self.history.setdefault(key, []).append(float(value))
-            self.writer.add_scalar(f"{tag_prefix}{key}", float(value), epoch)
+            self.writer.add_scalar(f"{tag_prefix}{key}", float(value), x)
         self.writer.flush()
         write_json_atomic(self.history, self.history_path)
 
