@@ -75,6 +75,15 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "extract_roi_features.py classes with labels": (
             ["scripts/extract_roi_features.py", "--source", str(gallery), "--output", str(tmp / "o2"),
              "--boxes", "gt", "--classes", "0"], "--classes filters detections"),
+        "export_onnx.py embedding checkpoint": (
+            ["scripts/export_onnx.py", "embedding", "--output", str(tmp / "e"), "--checkpoint", str(missing)],
+            "--checkpoint"),
+        "export_gallery.py gallery before model": (
+            ["scripts/export_gallery.py", "--model_path", str(junk), "--gallery_root", str(missing), "--out",
+             str(tmp / "g")], f"{missing}"),
+        "test_model.py min_score before model": (
+            ["test_model.py", "--model_path", str(junk), "--gallery_root", str(gallery.parent), "--images", "x.png",
+             "--min_score", "2"], "--min_score"),
         "prototype_bench.py": (["bench/prototype_bench.py", "--n", "0"], "--n"),
         "semiseg_bench.py": (["bench/semiseg_bench.py", "--out", str(tmp / "b"), "--labelnum", "20"], "--labelnum"),
         "roi_bench.py": (["bench/roi_bench.py", "--repeats", "0"], "--repeats"),

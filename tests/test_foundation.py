@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -21,7 +23,8 @@ from myutils.data.image_folder import (
     split_per_class,
 )
 from myutils.data.image_io import read_image_rgb, write_image_rgb
-from myutils.retrieval.metrics import retrieval_metrics, top_k_search
+from myutils.retrieval import metrics
+from myutils.retrieval.metrics import knn_classification, retrieval_metrics, top_k_search
 from myutils.training.checkpoint import load_checkpoint, save_checkpoint
 from myutils.training.schedule import warmup_cosine_factor, warmup_cosine_scheduler
 from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything
@@ -177,13 +180,70 @@ def test_retrieval_metrics_equal_accuracy_calculator(same_set):
     assert ours["num_queries"] == int(valid.sum())
 
 
-def test_top_k_search_matches_full_sort():
+def test_top_k_search_matches_full_sort_in_memory_bounded_blocks(monkeypatch):
     torch.manual_seed(1)
     query, gallery = F.normalize(torch.randn(9, 8), dim=1), F.normalize(torch.randn(40, 8), dim=1)
-    scores, indices = top_k_search(query, gallery, k=5, chunk_size=4)
+    monkeypatch.setattr(metrics, "SIMILARITY_BLOCK_ELEMENTS", 4 * 40)  # blocks of 4 queries
+    scores, indices = top_k_search(query, gallery, k=5, backend="torch")
     expected = (query @ gallery.T).sort(dim=1, descending=True)
     assert torch.equal(indices, expected.indices[:, :5])
     assert torch.allclose(scores, expected.values[:, :5])
+
+
+def test_faiss_and_torch_search_give_the_same_neighbours(monkeypatch):
+    generator = torch.Generator().manual_seed(2)
+    gallery = F.normalize(torch.randn(3000, 48, generator=generator), dim=1)
+    queries = F.normalize(torch.randn(70, 48, generator=generator), dim=1)
+    by_torch = top_k_search(queries, gallery, 10, backend="torch")
+    by_faiss = top_k_search(queries, gallery, 10, backend="faiss")
+    assert torch.equal(by_faiss[1], by_torch[1])
+    torch.testing.assert_close(by_faiss[0], by_torch[0], rtol=0, atol=1e-5)
+    # auto: faiss from FAISS_MIN_GALLERY items on, torch below it or without faiss
+    assert metrics.search_backend(queries, gallery) == "torch"
+    monkeypatch.setattr(metrics, "FAISS_MIN_GALLERY", 3000)
+    assert metrics.search_backend(queries, gallery) == "faiss"
+    calls = []
+    real_knn = faiss.knn
+    monkeypatch.setattr(faiss, "knn", lambda *args, **kwargs: calls.append(1) or real_knn(*args, **kwargs))
+    assert torch.equal(top_k_search(queries, gallery, 10)[1], by_torch[1]) and calls == [1]
+    monkeypatch.setitem(sys.modules, "faiss", None)  # not installed: import fails
+    assert metrics.search_backend(queries, gallery) == "torch"
+    assert torch.equal(top_k_search(queries, gallery, 10)[1], by_torch[1])
+
+
+def test_knn_classification_leave_one_out_and_ties():
+    angles = torch.tensor([0.0, 18.0, 90.0, 60.0, 45.0]) * math.pi / 180
+    gallery = torch.stack([angles.cos(), angles.sin()], dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    # leave-one-out with k=2: item 4 (45°) sees items 3 (60°, class 1) and 1 (18°, class 0): a tie that the
+    # larger summed similarity gives to class 1 (the lowest label, as scikit-learn breaks ties, would be wrong)
+    result = knn_classification(gallery, labels, gallery, labels, k=2, queries_in_gallery=True)
+    assert result["knn_accuracy"] == pytest.approx(1.0) and result["knn_k"] == 2
+    assert result["per_class_precision_at_1"] == {0: 1.0, 1: 1.0}
+    far = torch.tensor([[math.cos(0.17), math.sin(0.17)]])  # a class-1 query at 10°: its nearest item is class 0
+    assert knn_classification(far, torch.tensor([1]), gallery, labels, k=1)["per_class_precision_at_1"] == {1: 0.0}
+    # against scikit-learn where the votes have no tie (odd k)
+    from sklearn.neighbors import KNeighborsClassifier
+
+    generator = torch.Generator().manual_seed(3)
+    train_labels = torch.randint(0, 4, (200,), generator=generator)
+    train = F.normalize(torch.randn(200, 8, generator=generator) + F.one_hot(train_labels, 8).float(), dim=1)
+    test_labels = torch.randint(0, 4, (60,), generator=generator)
+    test = F.normalize(torch.randn(60, 8, generator=generator) + F.one_hot(test_labels, 8).float(), dim=1)
+    ours = knn_classification(test, test_labels, train, train_labels, k=1)
+    reference = KNeighborsClassifier(n_neighbors=1, metric="cosine").fit(train.numpy(), train_labels.numpy())
+    assert ours["knn_accuracy"] == pytest.approx(reference.score(test.numpy(), test_labels.numpy()))
+
+
+def test_merged_shard_metrics_equal_the_whole():
+    torch.manual_seed(4)
+    gallery_labels = torch.randint(0, 5, (80,))
+    gallery = F.normalize(torch.randn(80, 16) + F.one_hot(gallery_labels, 16).float(), dim=1)
+    query_labels = torch.randint(0, 6, (33,))
+    query = F.normalize(torch.randn(33, 16) + F.one_hot(query_labels, 16).float(), dim=1)
+    whole = retrieval_metrics(query, query_labels, gallery, gallery_labels)
+    parts = [retrieval_metrics(query[a:b], query_labels[a:b], gallery, gallery_labels) for a, b in ((0, 10), (10, 33))]
+    assert metrics.merge_retrieval_metrics(parts) == pytest.approx(whole)
 
 
 def test_mot_file_round_trip_and_errors(tmp_path):
