@@ -2,9 +2,13 @@
 
 Generates ``OUT/data/train`` (gallery and training set) and ``OUT/data/query`` (held-out images never
 seen in training), measures the untrained model, trains a small timm model on the CPU with
-``train.py``'s ``train_supcon``, measures again and prints both side by side. Colour is random
-per image, so retrieval only works once the model has learned colour-independent shape/pattern
-features.
+``train.py``'s ``train_supcon``, measures again and prints both side by side, then draws
+``OUT/matches.jpg`` (held-out queries beside their top-3 classes). Colour is random per image, so
+retrieval only works once the model has learned colour-independent shape/pattern features.
+
+The data is reproducible: ``OUT/data/fingerprint.json`` records the generator's arguments and
+version and a hash of every file; data that does not match them (an earlier configuration, files
+changed by hand) is regenerated, never reused.
 
     python scripts/demo_supcon.py --out demo_runs/supcon
 """
@@ -12,6 +16,9 @@ features.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -22,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 
 from model import EmbeddingModel  # noqa: E402
-from myutils.cli import non_negative_int, positive_int, run  # noqa: E402
-from myutils.synthetic.garments import generate_garment_dataset  # noqa: E402
+from myutils.cli import InputError, non_negative_int, positive_int, run  # noqa: E402
+from myutils.synthetic.garments import GENERATOR_VERSION, garment_class_names, generate_garment_dataset  # noqa: E402
 from myutils.training.checkpoint import save_checkpoint  # noqa: E402
 from myutils.training.log import write_json_atomic  # noqa: E402
 from myutils.training.seeding import seed_everything  # noqa: E402
@@ -38,6 +45,42 @@ def save_untrained(path: Path, model_name: str, emb_dim: int, img_size: int, see
     return save_checkpoint({"model": model.state_dict(), "model_config": model.config}, path)
 
 
+def data_fingerprint(data_dir: Path) -> str:
+    """SHA-256 over the relative path and bytes of every generated image."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in data_dir.rglob("*.png")):
+        digest.update(path.relative_to(data_dir).as_posix().encode("utf-8") + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _looks_generated(data_dir: Path) -> bool:
+    """Only garment class folders of numbered PNGs: a folder this demo may delete."""
+    names = set(garment_class_names())
+    return all(split.is_dir() and all(c.is_dir() and c.name in names and all(f.suffix == ".png" for f in c.iterdir())
+                                      for c in split.iterdir())
+               for split in data_dir.iterdir())
+
+
+def prepare_data(data_dir: Path, images_per_class: int, queries_per_class: int, img_size: int, seed: int) -> bool:
+    """Generate ``data_dir/train`` and ``data_dir/query`` unless they match their fingerprint; True if regenerated."""
+    params = {"generator": "myutils.synthetic.garments", "version": GENERATOR_VERSION,
+              "images_per_class": images_per_class, "queries_per_class": queries_per_class, "img_size": img_size,
+              "seed": seed}
+    stamp = data_dir / "fingerprint.json"
+    if stamp.is_file():
+        recorded = json.loads(stamp.read_text())
+        if recorded.get("params") == params and recorded.get("sha256") == data_fingerprint(data_dir):
+            return False
+    if data_dir.exists():
+        if not (stamp.is_file() or _looks_generated(data_dir)):
+            raise InputError(f"{data_dir} exists and was not written by this demo: choose another --out")
+        shutil.rmtree(data_dir)
+    generate_garment_dataset(data_dir / "train", images_per_class, img_size, seed)
+    generate_garment_dataset(data_dir / "query", queries_per_class, img_size, seed + 1)
+    stamp.write_text(json.dumps({"params": params, "sha256": data_fingerprint(data_dir)}, indent=2))
+    return True
+
+
 def run_demo(out: str, model_name: str = "resnet10t", epochs: int = 30, images_per_class: int = 80,
              queries_per_class: int = 20, img_size: int = 32, threads: int = 1, num_workers: int = 1,
              seed: int = 0) -> dict:
@@ -45,9 +88,9 @@ def run_demo(out: str, model_name: str = "resnet10t", epochs: int = 30, images_p
     torch.set_num_threads(threads)
     out_dir = Path(out)
     train_root, query_root = out_dir / "data" / "train", out_dir / "data" / "query"
-    if not train_root.is_dir():
-        generate_garment_dataset(train_root, images_per_class, img_size, seed)
-        generate_garment_dataset(query_root, queries_per_class, img_size, seed + 1)
+    regenerated = prepare_data(out_dir / "data", images_per_class, queries_per_class, img_size, seed)
+    print(f"{'generated' if regenerated else 'reusing (fingerprint matches)'} {out_dir / 'data'}: "
+          f"{images_per_class} training/gallery and {queries_per_class} held-out images per class, {img_size} px")
     checkpoints = out_dir / "checkpoints"
     emb_dim = 128
 
@@ -67,9 +110,10 @@ def run_demo(out: str, model_name: str = "resnet10t", epochs: int = 30, images_p
     print(f"{'metric':<16}{'untrained':>12}{'trained':>12}")
     for key in EVAL_KEYS[:-1]:
         print(f"{key:<16}{untrained[key]:>12.4f}{trained[key]:>12.4f}")
-    example = sorted((query_root / "tshirt_stripes").iterdir())[0]
-    print("\nexample: top-3 classes of a held-out striped t-shirt")
-    verify_real_world_image(result["best_path"], train_root, [example], top_k=3)
+    examples = [sorted((query_root / name).iterdir())[0] for name in ("tshirt_stripes", "trousers_dots", "dress_checks",
+                                                                       "skirt_stripes", "cap_dots", "bag_checks")]
+    print("\nexamples: top-3 classes of held-out images (also drawn in matches.jpg)")
+    verify_real_world_image(result["best_path"], train_root, examples, top_k=3, grid_path=out_dir / "matches.jpg")
     summary = {"untrained": untrained, "trained": trained, "train_seconds": train_seconds,
                "best_epoch": result["best_epoch"], "model_name": model_name, "epochs": epochs}
     write_json_atomic(summary, out_dir / "results.json")

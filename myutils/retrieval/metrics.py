@@ -21,7 +21,7 @@ import torch
 
 from myutils.cli import InputError
 
-FAISS_MIN_GALLERY = 50_000  # from here on the torch path's [queries, gallery] blocks get thin: faiss blocks both
+FAISS_MIN_GALLERY = 250_000  # from here on the torch blocks hold < 256 queries: faiss blocks both dimensions
 SIMILARITY_BLOCK_ELEMENTS = 1 << 26  # torch path: at most 256 MiB of float32 similarities at a time
 
 

@@ -37,6 +37,7 @@ SHAPES: dict[str, list[tuple[float, float]]] = {
            (0.85, 0.88), (0.15, 0.88)],
 }
 PATTERNS = ("stripes", "dots", "checks")
+GENERATOR_VERSION = 1  # bump whenever a change here draws different images for the same arguments
 
 
 def _pattern_mask(pattern: str, size: int, rng: np.random.Generator) -> np.ndarray:
