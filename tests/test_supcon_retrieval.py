@@ -222,7 +222,7 @@ def test_min_score_json_lines_and_grid(retrieval_setup, tmp_path, capsys):
 
 def _validation_worker(rank, init_file, state, config, gallery, queries, expected, expected_embeddings):
     from augment_images import EvalTransform
-    from myutils.retrieval.embedding import embed_records_distributed
+    from myutils.retrieval.embedding import embed_records
     from myutils.retrieval.validation import validation_metrics
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
@@ -237,7 +237,7 @@ def _validation_worker(rank, init_file, state, config, gallery, queries, expecte
         transform = EvalTransform.from_config(config)
         metrics, skipped = validation_metrics(model, gallery, queries, transform, torch.device("cpu"), batch_size=3)
         assert metrics == pytest.approx(expected[0], abs=1e-6) and sorted(skipped) == sorted(expected[1])
-        embedded = embed_records_distributed(model, gallery, transform, torch.device("cpu"), batch_size=4)
+        embedded = embed_records(model, gallery, transform, torch.device("cpu"), batch_size=4, distributed=True)
         torch.testing.assert_close(embedded.embeddings, expected_embeddings, rtol=0, atol=1e-6)
     finally:
         dist.destroy_process_group()

@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import train
+from augment_images import EvalTransform
 from augment_images import parse_args as augment_parse_args
 from loss import SupConLoss
 from model import EmbeddingModel
@@ -325,13 +326,30 @@ def test_torchrun_two_processes_on_cpu(tiny_data, tmp_path):
         "--data_root", str(tiny_data), "--save_dir", str(tmp_path / "ddp"), "--epochs", "1", "--warmup_epochs", "0",
         "--batch_size", "2", "--target_batch", "8", "--m_per_class", "2", "--model_name", "test_efficientnet",
         "--emb_dim", "16", "--img_size", "32", "--num_workers", "0", "--device", "cpu", "--no_progress",
+        "--views", "3", "--ema", "--ema_decay", "0.9", "--augment", "light", "--no_hflip", "--drop_path_rate", "0.1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "(gradcache, 2 process(es))" in result.stdout
+    assert "× 3 views (gradcache, 2 process(es))" in result.stdout
     checkpoint = torch.load(tmp_path / "ddp" / "last.pth", weights_only=True)
     assert len(checkpoint["rng"]) == 2 and checkpoint["epoch"] == 0
+    settings = checkpoint["run_settings"]
+    assert (settings["views"], settings["ema"], settings["augment"], settings["hflip"]) == (3, True, "light", False)
+
+    # the validation sharded over both ranks equals one process validating the saved (EMA) weights
+    model, _ = EmbeddingModel.from_checkpoint(tmp_path / "ddp" / "last.pth")
+    train_records, val_records, _ = train.load_data(str(tiny_data), None, settings["val_split"], settings["seed"])
+    single, _ = train.validation_metrics(model, train_records, val_records, EvalTransform.from_config(model.config),
+                                         torch.device("cpu"))
+    assert checkpoint["metrics"] == pytest.approx(single, abs=1e-6)
+
+    # resuming from the command line with another run-defining value is one error line naming both values
+    resume = [sys.executable, "train.py", "--data_root", str(tiny_data), "--save_dir", str(tmp_path / "ddp"),
+              "--resume", str(tmp_path / "ddp" / "last.pth"), "--lr", "0.5", "--epochs", "2"]
+    refused = subprocess.run(resume, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode == 2 and "error: resuming" in refused.stderr
+    assert "lr=0.5 (the checkpoint has 0.0003)" in refused.stderr
 
 
 @pytest.mark.parametrize(

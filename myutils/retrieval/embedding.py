@@ -60,6 +60,14 @@ def _embedded(records: Sequence[ImageRecord], embeddings, kept: torch.Tensor, sk
     return EmbeddedImages(embeddings, labels, kept_records, [records[i].path for i in skipped.tolist()])
 
 
+def rank_shard(n_items: int) -> tuple[int, int]:
+    """``(start, stop)`` of this rank's contiguous share of ``n_items`` (all of them in a world of one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, n_items
+    bounds = np.linspace(0, n_items, dist.get_world_size() + 1).round().astype(int)
+    return int(bounds[dist.get_rank()]), int(bounds[dist.get_rank() + 1])
+
+
 def embed_records(
     model: nn.Module,
     records: Sequence[ImageRecord],
@@ -70,45 +78,21 @@ def embed_records(
     amp: bool = False,
     desc: str = "embedding",
     progress: bool = True,
+    distributed: bool = False,
 ) -> EmbeddedImages:
-    """Embed ``records`` in eval mode; unreadable images are skipped and listed, never fatal."""
-    embeddings, kept, skipped = _embed_in_order(model, records, transform, device, batch_size, num_workers, amp,
-                                                desc, progress)
-    return _embedded(records, embeddings, kept, skipped)
+    """Embed ``records`` in eval mode; unreadable images are skipped and listed, never fatal.
 
-
-def rank_shard(n_items: int) -> tuple[int, int]:
-    """``(start, stop)`` of this rank's contiguous share of ``n_items`` (all of them in a world of one)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0, n_items
-    bounds = np.linspace(0, n_items, dist.get_world_size() + 1).round().astype(int)
-    return int(bounds[dist.get_rank()]), int(bounds[dist.get_rank() + 1])
-
-
-def embed_records_distributed(
-    model: nn.Module,
-    records: Sequence[ImageRecord],
-    transform: Callable[[np.ndarray], torch.Tensor],
-    device: torch.device,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    amp: bool = False,
-    desc: str = "embedding",
-    progress: bool = True,
-) -> EmbeddedImages:
-    """:func:`embed_records` with the work split over the ranks of a torchrun world.
-
-    Each rank embeds a contiguous shard; the shards are gathered, so every rank returns the whole
-    result in record order, equal to the single-process one (the model must be identical on every
-    rank: see :func:`myutils.training.distributed.broadcast_module_state`). A world of one is
-    plain :func:`embed_records`.
+    With ``distributed`` (call it on every rank of a torchrun world) each rank embeds a contiguous
+    shard and the shards are gathered, so every rank returns the whole result in record order,
+    equal to the single-process one (the model must be identical on every rank: see
+    :func:`myutils.training.distributed.broadcast_module_state`).
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return embed_records(model, records, transform, device, batch_size, num_workers, amp, desc, progress)
-    start, stop = rank_shard(len(records))
-    rank = dist.get_rank()
+    sharded = distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    start, stop = rank_shard(len(records)) if sharded else (0, len(records))
     embeddings, kept, skipped = _embed_in_order(model, records[start:stop], transform, device, batch_size,
-                                                num_workers, amp, f"{desc} (rank {rank})", progress)
+                                                num_workers, amp, desc, progress)
+    if not sharded:
+        return _embedded(records, embeddings, kept, skipped)
     dim = torch.tensor([0 if embeddings is None else embeddings.shape[1]], device=device)
     dist.all_reduce(dim, op=dist.ReduceOp.MAX)  # a rank whose shard had no readable image still takes part
     if embeddings is None:

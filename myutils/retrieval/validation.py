@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from myutils.data.image_folder import ImageRecord
-from myutils.retrieval.embedding import embed_records, embed_records_distributed, rank_shard
+from myutils.retrieval.embedding import embed_records, rank_shard
 from myutils.retrieval.metrics import merge_retrieval_metrics, retrieval_metrics
 from myutils.training.distributed import all_gather_objects, broadcast_module_state
 
@@ -38,7 +38,7 @@ def validation_metrics(
     broadcast_module_state(model)
     options = dict(transform=transform, device=device, batch_size=batch_size, num_workers=num_workers, amp=amp,
                    progress=progress)
-    gallery = embed_records_distributed(model, gallery_records, desc="gallery", **options)
+    gallery = embed_records(model, gallery_records, desc="gallery", distributed=True, **options)
     start, stop = rank_shard(len(query_records))
     queries = embed_records(model, query_records[start:stop], desc="validation", **options)
     part = retrieval_metrics(queries.embeddings, queries.labels, gallery.embeddings, gallery.labels)

@@ -11,6 +11,7 @@ import numpy as np
 
 from myutils.cli import InputError
 from myutils.data.image_io import read_image_rgb
+from myutils.training.log import save_figure
 
 TILE_INCHES = 1.8
 
@@ -42,12 +43,7 @@ def draw_match_grid(
             _tile(ax, match["path"], f"{match['class']}\n{match['score']:.3f}", "grey" if below else "black")
         for ax in row[1 + len(result["matches"]):]:
             ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _tile(ax, image_path: str, title: str, colour: str) -> None:

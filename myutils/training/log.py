@@ -55,10 +55,17 @@ def plot_curves(
         ax.axis("off")
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """``fig.tight_layout()``, save to ``path`` (format from the suffix; folders created), close the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
