@@ -36,7 +36,8 @@ def draw_match_grid(
     fig, axes = plt.subplots(len(results), cols, figsize=(TILE_INCHES * cols, TILE_INCHES * 1.25 * len(results)),
                              squeeze=False)
     for row, result in zip(axes, results, strict=True):
-        _tile(row[0], result["image"], f"{Path(result['image']).parent.name}/{Path(result['image']).name}\n→ {result['prediction']}",
+        query = Path(result["image"])
+        _tile(row[0], result["image"], f"{query.parent.name}/{query.name}\n→ {result['prediction']}",
               "tab:red" if result["prediction"] == "unknown" else "black")
         for ax, match in zip(row[1:], result["matches"], strict=False):
             below = min_score is not None and match["score"] < min_score
