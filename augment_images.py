@@ -107,6 +107,12 @@ def _light(height: int, width: int, hflip: bool, colour_ops: bool) -> list[A.Bas
 _PRESET_BUILDERS = {"colour_agnostic": _colour_agnostic, "standard": _standard, "light": _light}
 
 
+def require_preset(preset: str) -> None:
+    """A clear error for an augmentation preset that does not exist."""
+    if preset not in _PRESET_BUILDERS:
+        raise InputError(f"unknown augmentation preset {preset!r}; choose from {', '.join(AUGMENT_PRESETS)}")
+
+
 def training_augmentations(
     img_size: int | Sequence[int], preset: str = "colour_agnostic", hflip: bool = True, colour_ops: bool = True
 ) -> list[A.BasicTransform]:
@@ -122,8 +128,7 @@ def training_augmentations(
     every op that changes hue or saturation (:data:`COLOUR_OPS` and colour jitter; brightness and
     contrast jitter stay).
     """
-    if preset not in _PRESET_BUILDERS:
-        raise InputError(f"unknown augmentation preset {preset!r}; choose from {', '.join(AUGMENT_PRESETS)}")
+    require_preset(preset)
     height, width = size_pair(img_size)
     return _PRESET_BUILDERS[preset](height, width, hflip, colour_ops)
 

@@ -36,6 +36,7 @@ from augment_images import (
     EvalTransform,
     MultiViewTransform,
     add_augmentation_arguments,
+    require_preset,
     seed_worker_augmentation,
 )
 from loss import SupConLoss
@@ -52,6 +53,7 @@ from myutils.cli import (
 from myutils.data.image_folder import (
     ImageFolderDataset,
     collate_skip_none,
+    require_data_root,
     scan_image_folder,
     split_per_class,
 )
@@ -259,6 +261,9 @@ def train_supcon(
     options = {key: value for key, value in locals().items() if key not in {*RUN_DEFAULTS, "requested", "device"}}
     if accumulation is not None and accumulation not in BACKWARD_METHODS:
         raise InputError(f"accumulation must be one of {sorted(BACKWARD_METHODS)}, got {accumulation!r}")
+    if augment is not None:
+        require_preset(augment)
+    require_data_root(data_root)  # cheap inputs before any checkpoint or network is read
     if val_every < 1 or (epochs is not None and epochs < 1):
         raise InputError(f"epochs and val_every must be positive, got {epochs}, {val_every}")
     ctx = init_distributed(device)
