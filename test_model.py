@@ -63,12 +63,12 @@ class RetrievalSession:
     def top_classes(self, queries: torch.Tensor, top_k: int) -> list[list[dict[str, Any]]]:
         """Per query, the ``top_k`` classes by their best gallery image: class, path, cosine score."""
         n_gallery = self.gallery.embeddings.shape[0]
+        n_classes = min(top_k, len(set(self.gallery.labels.tolist())))
         n_candidates = min(n_gallery, 32 * top_k)
         while True:  # widen the neighbour search until every query sees top_k classes (or the whole gallery)
             scores, indices = top_k_search(queries, self.gallery.embeddings, n_candidates)
             matches = [self._best_per_class(row_scores, row_indices, top_k)
                        for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True)]
-            n_classes = min(top_k, len(set(self.gallery.labels.tolist())))
             if n_candidates == n_gallery or all(len(found) == n_classes for found in matches):
                 return matches
             n_candidates = min(n_gallery, 4 * n_candidates)
