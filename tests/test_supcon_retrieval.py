@@ -123,6 +123,25 @@ def test_verify_real_world_image_ranks_classes_by_their_best_image(retrieval_set
     assert "nope.jpg: unreadable image" in out and results[0]["matches"][0]["class"] in out
 
 
+def test_top_classes_widen_the_search_past_a_crowded_class():
+    from myutils.data.image_folder import ImageRecord
+    from myutils.retrieval.embedding import EmbeddedImages
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.nn.functional.normalize(torch.randn(1, 8, generator=generator), dim=1)
+    crowd = torch.nn.functional.normalize(query + 0.01 * torch.randn(200, 8, generator=generator), dim=1)
+    others = torch.nn.functional.normalize(torch.randn(2, 8, generator=generator), dim=1)
+    embeddings, labels = torch.cat([crowd, others]), torch.tensor([0] * 200 + [1, 2])
+    session = RetrievalSession.__new__(RetrievalSession)  # no model needed: only the gallery is searched
+    session.class_names = ["crowd", "one", "two"]
+    session.gallery = EmbeddedImages(embeddings, labels, [ImageRecord(f"{i}.png", int(c)) for i, c in
+                                                          enumerate(labels)], [])
+    (matches,) = session.top_classes(query, top_k=3)  # the first 96 candidates are all "crowd"
+    scores = (embeddings @ query[0]).tolist()
+    assert [m["class"] for m in matches[:1]] == ["crowd"] and {m["class"] for m in matches} == {"crowd", "one", "two"}
+    assert [m["score"] for m in matches[1:]] == pytest.approx(sorted(scores[200:], reverse=True), abs=1e-6)
+
+
 def test_gallery_cache_is_reused_and_invalidated(tmp_path):
     generate_garment_dataset(tmp_path / "gallery", 2, 32, seed=0, shapes=["tshirt"], patterns=PATTERNS)
     save_model(tmp_path / "model.pth", seed=0)
