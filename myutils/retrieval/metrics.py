@@ -184,8 +184,8 @@ def knn_classification(
     has_match = gallery_counts[query_labels] > int(queries_in_gallery)
     top1_correct = neighbour_labels[:, 0] == query_labels
     per_class = {
-        int(label): float(top1_correct[has_match & (query_labels == label)].float().mean())
+        int(label): float(top1_correct[has_match & (query_labels == label)].double().mean())
         for label in query_labels[has_match].unique().tolist()
     }
-    accuracy = float((predicted == query_labels)[has_match].float().mean()) if has_match.any() else 0.0
+    accuracy = float((predicted == query_labels)[has_match].double().mean()) if has_match.any() else 0.0
     return {"knn_accuracy": accuracy, "knn_k": min(k, indices.shape[1]), "per_class_precision_at_1": per_class}
