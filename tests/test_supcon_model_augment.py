@@ -235,3 +235,34 @@ def test_preview_cli(tmp_path, capsys):
     write_image_rgb(tmp_path / "shirt.png", np.zeros((20, 20, 3), dtype=np.uint8))
     augment_main([str(tmp_path / "shirt.png"), "--grid", "1", "2", "--img_size", "16", "--output", str(tmp_path / "c.png")])
     assert "wrote" in capsys.readouterr().out and read_image_rgb(tmp_path / "c.png").shape == (16, 32, 3)
+
+
+def _preview_cells(tmp_path, *flags, grid=(4, 5), size=16):
+    """The augmented cells (the original, cell 0, left out) of a preview of a red-left / blue-right image."""
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    image[:, :20, 0] = 200
+    image[:, 20:, 2] = 200
+    write_image_rgb(tmp_path / "halves.png", image)
+    output = tmp_path / f"preview{'_'.join(flags)}.png"
+    augment_main([str(tmp_path / "halves.png"), "--grid", *map(str, grid), "--img_size", str(size), "--output",
+                  str(output), *flags])
+    picture = read_image_rgb(output).astype(int)
+    cells = [picture[r * size : (r + 1) * size, c * size : (c + 1) * size] for r in range(grid[0]) for c in range(grid[1])]
+    return cells[1:]
+
+
+def _mirrored(cell):
+    """Whether the cell shows blue left of red (the original has red on the left)."""
+    red_minus_blue = (cell[..., 0] - cell[..., 2]).mean(axis=0)  # per column
+    half = len(red_minus_blue) // 2
+    return red_minus_blue[:half].mean() < red_minus_blue[half:].mean() - 20
+
+
+def test_preview_cli_shows_the_chosen_preset_and_switches(tmp_path):
+    # light is a crop only: no green ever appears (the default preset shuffles channels and rotates hue)
+    assert all((cell[..., 1] == 0).all() for cell in _preview_cells(tmp_path, "--augment", "light"))
+    assert any((cell[..., 1] > 50).any() for cell in _preview_cells(tmp_path))
+    # standard flips half of the images, --no_hflip none of them
+    assert any(_mirrored(cell) for cell in _preview_cells(tmp_path, "--augment", "standard", "--no_colour_ops"))
+    assert not any(_mirrored(cell) for cell in _preview_cells(tmp_path, "--augment", "standard", "--no_colour_ops",
+                                                              "--no_hflip"))
