@@ -63,7 +63,7 @@ from myutils.retrieval.grad_cache import accumulated_backward, grad_cache_backwa
 from myutils.retrieval.validation import validation_metrics
 from myutils.training.checkpoint import load_checkpoint, resolve_run_settings, save_checkpoint
 from myutils.training.distributed import (
-    all_gather_objects,
+    all_gather_object,
     all_reduce_mean,
     barrier,
     cleanup_distributed,
@@ -132,7 +132,7 @@ def make_train_loader(dataset, sampler, num_workers, epoch_seed, rank, device) -
 
 def gather_rng_states(ctx) -> list[dict[str, Any]]:
     """Every rank's RNG state (rank order), so a resumed run continues each rank's stream."""
-    return all_gather_objects(capture_rng_state())
+    return all_gather_object(capture_rng_state())
 
 
 class UnreadableImages:
@@ -375,7 +375,7 @@ def _train(ctx, requested, data_root, batch_size, epochs, save_dir, pretrained, 
             metrics, val_skipped = validation_metrics(eval_model, train_records, val_records, eval_transform,
                                                       ctx.device, eval_batch_size, num_workers, amp, progress)
             skipped.update(val_skipped)
-        skipped = set().union(*all_gather_objects(skipped))
+        skipped = set().union(*all_gather_object(skipped))
         rng_states = gather_rng_states(ctx)  # after validation: the next epoch starts from exactly this state
         if ctx.is_main:
             unreadable.report(skipped)

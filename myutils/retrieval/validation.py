@@ -17,7 +17,7 @@ import torch.nn as nn
 from myutils.data.image_folder import ImageRecord
 from myutils.retrieval.embedding import embed_records, rank_shard
 from myutils.retrieval.metrics import merge_retrieval_metrics, retrieval_metrics
-from myutils.training.distributed import all_gather_objects, broadcast_module_state
+from myutils.training.distributed import all_gather_object, broadcast_module_state
 
 
 def validation_metrics(
@@ -42,6 +42,6 @@ def validation_metrics(
     start, stop = rank_shard(len(query_records))
     queries = embed_records(model, query_records[start:stop], desc="validation", **options)
     part = retrieval_metrics(queries.embeddings, queries.labels, gallery.embeddings, gallery.labels)
-    metrics = merge_retrieval_metrics(all_gather_objects(part))
-    skipped = [path for paths in all_gather_objects(queries.skipped_paths) for path in paths]
+    metrics = merge_retrieval_metrics(all_gather_object(part))
+    skipped = [path for paths in all_gather_object(queries.skipped_paths) for path in paths]
     return metrics, gallery.skipped_paths + skipped

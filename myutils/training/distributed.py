@@ -178,12 +178,3 @@ def all_reduce_gradients(optimizer: torch.optim.Optimizer) -> None:
                 parameter.grad = torch.zeros_like(parameter)  # every rank must join each all-reduce
             dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
             parameter.grad.div_(dist.get_world_size())
-
-
-def all_gather_objects(value: object) -> list[object]:
-    """Every rank's ``value`` (picklable), in rank order; ``[value]`` in a world of one."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [value]
-    gathered: list[object] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
