@@ -45,7 +45,6 @@ from myutils.roi.shards import RoiFeatureDataset
 from myutils.training.checkpoint import load_checkpoint, save_checkpoint
 from myutils.training.distributed import (
     DistContext,
-    all_gather_object,
     all_gather_tensor,
     all_reduce_mean,
     cleanup_distributed,
@@ -54,7 +53,12 @@ from myutils.training.distributed import (
 from myutils.training.log import TrainingLog, plot_curves, write_json_atomic
 from myutils.training.precision import autocast, autocast_dtype, make_grad_scaler
 from myutils.training.schedule import warmup_cosine_scheduler
-from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything, worker_seed
+from myutils.training.seeding import (
+    capture_rank_rng_states,
+    resume_rank_rng_states,
+    seed_everything,
+    worker_seed,
+)
 
 DEFAULT_DATA = "demo_runs/roi/features"
 
@@ -157,21 +161,8 @@ def checkpoint_state(encoder, optimizer, scheduler, scaler, epoch, args, history
         "scaler": scaler.state_dict(),
         "args": dict(vars(args)),
         "history": history,
-        "rng": rng_per_rank[0],
-        "rng_per_rank": rng_per_rank,  # index = rank: every process resumes its own random streams
+        "rng": rng_per_rank,  # index = rank: every process resumes its own random streams
     }
-
-
-def restore_rank_rng(state: dict, ctx: DistContext, args: argparse.Namespace) -> None:
-    """Each rank continues its own RNG streams; a different process count cannot continue them exactly."""
-    per_rank = state.get("rng_per_rank") or ([state["rng"]] if "rng" in state else [])
-    if len(per_rank) == ctx.world_size:
-        restore_rng_state(per_rank[ctx.rank])
-        return
-    seed_everything(args.seed + ctx.rank + 1_000 * state["epoch"])
-    if ctx.is_main:
-        print(f"warning: {args.resume} holds the RNG state of {len(per_rank)} process(es), this run has "
-              f"{ctx.world_size}: random streams re-seeded, the run does not repeat exactly")
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -206,7 +197,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"], state["history"]
-        restore_rank_rng(state, ctx, args)
+        resume_rank_rng_states(state["rng"], args.seed + 1_000 * state["epoch"], args.resume)
 
     log = TrainingLog(output / "tensorboard", output / "history.json", history) if ctx.is_main else None
     if ctx.is_main:
@@ -226,7 +217,7 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> dict:
             padded[: len(local_indices)] = local_indices.to(ctx.device)
             gathered = all_gather_tensor(padded).view(ctx.world_size, -1)
             sample_log[str(epoch + 1)] = [row[row >= 0].tolist() for row in gathered.cpu()]
-        rng_per_rank = all_gather_object(capture_rng_state())  # every rank takes part, rank 0 saves
+        rng_per_rank = capture_rank_rng_states()  # every rank takes part, rank 0 saves
         if ctx.is_main:
             log.log_epoch(epoch + 1, metrics)
             print(f"epoch {epoch + 1}/{args.epochs} loss {metrics['loss']:.4f} nt_xent {metrics['nt_xent']:.4f} "

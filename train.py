@@ -72,7 +72,12 @@ from myutils.training.distributed import (
 from myutils.training.log import TrainingLog, plot_curves
 from myutils.training.precision import autocast, autocast_dtype, make_grad_scaler
 from myutils.training.schedule import warmup_cosine_scheduler
-from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything, worker_seed
+from myutils.training.seeding import (
+    capture_rank_rng_states,
+    resume_rank_rng_states,
+    seed_everything,
+    worker_seed,
+)
 
 BACKWARD_METHODS = {"gradcache": grad_cache_backward, "plain": accumulated_backward}
 # Settings that define a run: a new run's defaults (the seed's values); --resume takes the checkpoint's.
@@ -128,11 +133,6 @@ def make_train_loader(dataset, sampler, num_workers, epoch_seed, rank, device) -
         else None,
         prefetch_factor=4 if num_workers else None,
     )
-
-
-def gather_rng_states(ctx) -> list[dict[str, Any]]:
-    """Every rank's RNG state (rank order), so a resumed run continues each rank's stream."""
-    return all_gather_object(capture_rng_state())
 
 
 class UnreadableImages:
@@ -342,8 +342,7 @@ def _train(ctx, requested, data_root, batch_size, epochs, save_dir, pretrained, 
                 raise InputError(f"--epochs {epochs}: the learning rate of {resume} has already decayed to 0 at the "
                                  "end of its schedule, so more epochs would not train; start a new run")
             schedule.extend(global_step, epochs * steps)
-        rng_states = checkpoint["rng"]
-        restore_rng_state(rng_states[ctx.rank] if len(rng_states) == ctx.world_size else rng_states[0])
+        resume_rank_rng_states(checkpoint["rng"], seed + 1_000 * start_epoch, resume)
     train_model = DistributedDataParallel(model) if ctx.enabled else model
     if compile:
         train_model = _compiled(train_model)
@@ -376,7 +375,7 @@ def _train(ctx, requested, data_root, batch_size, epochs, save_dir, pretrained, 
                                                       ctx.device, eval_batch_size, num_workers, amp, progress)
             skipped.update(val_skipped)
         skipped = set().union(*all_gather_object(skipped))
-        rng_states = gather_rng_states(ctx)  # after validation: the next epoch starts from exactly this state
+        rng_states = capture_rank_rng_states()  # after validation: the next epoch starts from exactly this state
         if ctx.is_main:
             unreadable.report(skipped)
             log.log_epoch(epoch + 1, {"train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],

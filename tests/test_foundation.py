@@ -27,7 +27,13 @@ from myutils.retrieval import metrics
 from myutils.retrieval.metrics import knn_classification, retrieval_metrics, top_k_search
 from myutils.training.checkpoint import load_checkpoint, save_checkpoint
 from myutils.training.schedule import warmup_cosine_factor, warmup_cosine_scheduler
-from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything
+from myutils.training.seeding import (
+    capture_rank_rng_states,
+    capture_rng_state,
+    restore_rng_state,
+    resume_rank_rng_states,
+    seed_everything,
+)
 
 
 def test_checkpoint_round_trip_is_weights_only_and_atomic(tmp_path):
@@ -62,6 +68,24 @@ def test_rng_state_survives_a_checkpoint(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng_state(load_checkpoint(tmp_path / "rng.pth")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_rank_rng_states_resume_exactly_or_reseed_with_a_warning(tmp_path, capsys):
+    """A world of one continues the one saved stream (list or bare state); a checkpoint of two processes cannot,
+    so the stream is re-seeded from the fallback seed (a restore of rank 0's state would repeat, not re-seed)."""
+    seed_everything(5)
+    save_checkpoint({"rng": capture_rank_rng_states()}, tmp_path / "rng.pth")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    saved = load_checkpoint(tmp_path / "rng.pth")["rng"]
+    assert len(saved) == 1
+    for states in (saved, saved[0]):
+        assert resume_rank_rng_states(states, fallback_seed=9, source="x.pth")
+        assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert not resume_rank_rng_states(saved * 2, fallback_seed=9, source="x.pth")
+    drawn = (random.random(), torch.rand(1).item())
+    seed_everything(9)
+    assert drawn == (random.random(), torch.rand(1).item())
+    assert "x.pth holds the RNG state of 2 process(es), this run has 1" in capsys.readouterr().out
 
 
 def test_warmup_cosine_factor():

@@ -117,9 +117,9 @@ def test_torchrun_two_ranks_disjoint_parts_and_exact_resume(shards, tmp_path):
         assert not rank0 & rank1 and rank0 | rank1 == set(range(20)), epoch
     assert "2 process(es)" in straight.stdout
     first = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "epoch_0001.pth")
-    assert len(first["rng_per_rank"]) == 2
+    assert len(first["rng"]) == 2
     # the ranks draw different noise: a resume that gave rank 1 rank 0's state would not repeat the run
-    assert not torch.equal(first["rng_per_rank"][0]["torch"], first["rng_per_rank"][1]["torch"])
+    assert not torch.equal(first["rng"][0]["torch"], first["rng"][1]["torch"])
     _torchrun(tmp_path / "resumed", shards, "--epochs", "2", "--resume",
               str(tmp_path / "ddp" / "checkpoints" / "epoch_0001.pth"))
     final = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pth")

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from myutils.training.distributed import all_gather_object, rank_and_world_size
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and every CUDA device)."""
@@ -40,6 +42,27 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def capture_rank_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG state in rank order, for a checkpoint; a collective: every rank must call it."""
+    return all_gather_object(capture_rng_state())
+
+
+def resume_rank_rng_states(states: list[dict[str, Any]] | dict[str, Any], fallback_seed: int, source: str) -> bool:
+    """Continue this rank's random streams from :func:`capture_rank_rng_states`'s list (a single state counts as
+    one process). A checkpoint of another process count cannot continue them: each rank is re-seeded with
+    ``fallback_seed + rank``, rank 0 warns, and ``False`` is returned."""
+    rank, world_size = rank_and_world_size()
+    states = [states] if isinstance(states, dict) else states
+    if len(states) == world_size:
+        restore_rng_state(states[rank])
+        return True
+    seed_everything(fallback_seed + rank)
+    if rank == 0:
+        print(f"warning: {source} holds the RNG state of {len(states)} process(es), this run has {world_size}: "
+              "random streams re-seeded, the run does not repeat exactly")
+    return False
 
 
 def worker_seed(base_seed: int, worker_id: int, rank: int = 0) -> int:
