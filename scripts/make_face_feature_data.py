@@ -2,8 +2,9 @@
 
     python scripts/make_face_feature_data.py --out demo_data/senet_faces
 
-Each person's features are a known, learnable pose distortion of an identity vector plus noise
-(see ``train_transformer3D/triplet/synthetic_faces.py``). Also a function: ``make_face_feature_data``.
+Each person's features are a known pose distortion of an identity vector plus noise, from one of three
+families (``--family``: residual, mixing, nonlinear; see ``train_transformer3D/triplet/synthetic_faces.py``).
+Also a function: ``make_face_feature_data``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from myutils.cli import non_negative_float, non_negative_int, positive_float, positive_int, run  # noqa: E402
-from train_transformer3D.triplet.synthetic_faces import make_face_feature_data  # noqa: E402
+from train_transformer3D.triplet.synthetic_faces import DEFAULT_STRENGTH, FAMILIES, make_face_feature_data  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,10 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feature_dim", type=positive_int, default=512, help="feature dimension")
     parser.add_argument("--num_identity_dims", type=positive_int, default=20,
                         help="planted pose-invariant dimensions (the trainer should find them)")
-    parser.add_argument("--pose_rank", type=positive_int, default=8, help="rank of the yaw-gated distortion U Vᵀ")
-    parser.add_argument("--strength", type=positive_float, default=6.0,
-                        help="length of the distortion relative to the identity vector at a ±90° profile")
-    parser.add_argument("--offset", type=non_negative_float, default=0.5, help="length of the pitch-dependent shift at 90° pitch")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="residual",
+                        help="residual: DREAM's yaw-gated residual f + yaw·c·U Vᵀ f; mixing: pose-dependent rotations "
+                             "mixing the identity dimensions; nonlinear: a fixed random tanh MLP of feature and pose")
+    parser.add_argument("--strength", type=positive_float, default=None,
+                        help="distortion strength; default per family: "
+                             + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_STRENGTH.items())
+                             + " (residual/nonlinear: its length relative to the identity at a ±90° profile; "
+                               "mixing: std of the plane angles in radians)")
+    parser.add_argument("--pose_rank", type=positive_int, default=8, help="residual: rank of U Vᵀ")
+    parser.add_argument("--offset", type=non_negative_float, default=0.5, help="residual: length of the pitch-dependent shift at 90° pitch")
     parser.add_argument("--noise", type=non_negative_float, default=0.3, help="length of the Gaussian noise added to each feature")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     parser.add_argument("--overwrite", action="store_true", help="replace data files already in --out")
