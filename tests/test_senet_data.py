@@ -16,7 +16,13 @@ from train_transformer3D.triplet.face_feature_data import (
     rank_identity_dimensions,
     split_persons,
 )
-from train_transformer3D.triplet.synthetic_faces import generate_face_features, make_face_feature_data
+from train_transformer3D.triplet.synthetic_faces import (
+    DEFAULT_STRENGTH,
+    FAMILIES,
+    generate_face_features,
+    make_distortion,
+    make_face_feature_data,
+)
 
 
 @pytest.fixture()
@@ -94,14 +100,30 @@ def test_person_batches_cover_each_sample_once_with_positives():
     batches = list(sampler)
     assert len(batches) == len(sampler)
     assert sorted(i for batch in batches for i in batch) == list(range(len(labels)))
-    for batch in batches:
+    for batch in batches[:-1]:
         assert len(batch) <= 12
+    assert len(batches[-1]) <= 12 + 4  # a lone last group joins the last full batch
+    for batch in batches:
         assert np.unique(labels[batch], return_counts=True)[1].min() >= 2  # every sample has a positive
     assert list(sampler) == batches  # same epoch, same order
     sampler.set_epoch(1)
     assert list(sampler) != batches
     with pytest.raises(ValueError, match="samples_per_person"):
         PersonBatchSampler(labels, batch_size=6, samples_per_person=4)
+
+
+@pytest.mark.parametrize("num_persons", [5, 7, 9])
+def test_no_batch_is_a_lone_sample(num_persons):
+    """Persons with a single pair: batches of 2 groups would leave one sample last (BatchNorm cannot train on it)."""
+    labels = np.arange(num_persons)
+    sampler = PersonBatchSampler(labels, batch_size=8, samples_per_person=4, seed=0)  # 2 groups per batch
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == num_persons // 2
+        assert min(len(batch) for batch in batches) >= 2
+        assert sorted(i for batch in batches for i in batch) == list(range(num_persons))
+    assert len(list(PersonBatchSampler([0], batch_size=8, samples_per_person=4))) == 1  # nothing is dropped
 
 
 def test_identity_dimensions_are_found_where_planted():
@@ -115,6 +137,47 @@ def test_identity_dimensions_are_found_where_planted():
         assert correlation[d] == pytest.approx(np.corrcoef(side[:, d], frontal[:, d])[0, 1], abs=1e-6)
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_keeps_identity_dims_and_is_the_identity_at_frontal_pose(family):
+    rng = np.random.default_rng(0)
+    distortion = make_distortion(family, 64, 6, None, rng)
+    identity = rng.standard_normal((40, 64))
+    identity /= np.linalg.norm(identity, axis=1, keepdims=True)
+    profile = np.column_stack([rng.choice([-90.0, 90.0], 40), rng.uniform(-30, 30, 40), rng.uniform(-20, 20, 40)])
+    distorted = distortion(identity, profile)
+    dims = distortion.identity_dims
+    assert np.allclose(distorted[:, dims], identity[:, dims])  # planted dimensions are pose-invariant
+    assert np.allclose(distortion(identity, np.zeros((40, 3))), identity)  # a frontal face is undistorted
+    rolled = profile.copy()
+    rolled[:, 2] = 0.0
+    assert np.allclose(distortion(identity, rolled), distorted)  # roll has no effect
+    change = np.linalg.norm(distorted - identity, axis=1).mean()
+    assert change > 0.5  # a profile moves the feature a lot
+
+
+def test_family_specific_properties():
+    rng = np.random.default_rng(1)
+    identity = rng.standard_normal((30, 64))
+    identity /= np.linalg.norm(identity, axis=1, keepdims=True)
+    poses = rng.uniform([-90, -30, -20], [90, 30, 20], size=(30, 3))
+    mixing = make_distortion("mixing", 64, 4, None, rng)
+    mixed = mixing(identity, poses)
+    assert np.allclose(np.linalg.norm(mixed, axis=1), 1.0)  # a rotation: nothing added, nothing lost
+    # the same rotation for every person: distorting a sum is the sum of the distortions (linear in f)
+    assert np.allclose(mixing(identity[:10] + identity[10:20], poses[:10]),
+                       mixing(identity[:10], poses[:10]) + mixing(identity[10:20], poses[:10]))
+    residual = make_distortion("residual", 64, 4, None, rng, rank=4, offset=0.0)
+    yaw = np.column_stack([np.full(30, 90.0), np.zeros((30, 2))])
+    change = np.linalg.norm(residual(identity, yaw) - identity, axis=1)
+    assert change.mean() == pytest.approx(DEFAULT_STRENGTH["residual"], rel=0.35)  # ~strength × |f| at 90°
+    nonlinear = make_distortion("nonlinear", 64, 4, 3.0, rng)
+    half = nonlinear(identity, yaw / 2) - identity
+    full = nonlinear(identity, yaw) - identity
+    assert not np.allclose(2 * half, full, rtol=0.05)  # not linear in the pose
+    with pytest.raises(ValueError, match="unknown distortion family"):
+        make_distortion("affine", 64, 4, None, rng)
+
+
 def test_make_data_script_refuses_to_overwrite(tmp_path, repo_root):
     command = [sys.executable, str(repo_root / "scripts/make_face_feature_data.py"), "--out", str(tmp_path / "d"),
                "--num_persons", "4", "--frames_per_person", "3", "--feature_dim", "20", "--num_identity_dims", "2",
@@ -125,3 +188,8 @@ def test_make_data_script_refuses_to_overwrite(tmp_path, repo_root):
     with pytest.raises(FileExistsError, match="already exists"):
         make_face_feature_data(tmp_path / "d", num_persons=4)
     assert load_face_feature_folder(tmp_path / "d").video_features.shape == (12, 20)
+    mixing = subprocess.run(command[:3] + [str(tmp_path / "m"), *command[4:], "--family", "mixing"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert mixing.returncode == 0, mixing.stderr
+    saved = json.loads((tmp_path / "m" / "video_metadata.json").read_text(encoding="utf-8"))
+    assert saved["generator"]["family"] == "mixing" and saved["generator"]["strength"] == DEFAULT_STRENGTH["mixing"]

@@ -51,23 +51,55 @@ class FaceFeatureFolder:
         return int(self.video_poses.shape[1])
 
 
-def _read_features(path: Path) -> np.ndarray:
+def read_features(path: Path, allow_non_finite: bool = False) -> np.ndarray:
+    """A 2-D float32 feature file; NaN/Inf rows are an error unless ``allow_non_finite``."""
     if not path.is_file():
         raise FileNotFoundError(f"missing data file: {path}")
-    array = np.load(path, allow_pickle=False)
-    if array.ndim != 2:
-        raise InputError(f"{path} must hold a 2-D [num_samples, feature_dim] array, got shape {array.shape}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise InputError(f"{path} is not a .npy array file: {error}") from error
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+        raise InputError(f"{path} must hold a numeric 2-D [num_samples, feature_dim] array, got shape {array.shape}")
     bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
-    if bad_rows.size:
+    if bad_rows.size and not allow_non_finite:
         raise InputError(f"{path} has NaN/Inf in {bad_rows.size} rows (first: row {bad_rows[0]})")
     return array.astype(np.float32, copy=False)
 
 
-def _read_metadata(path: Path, num_rows: int, need_poses: bool) -> tuple[list[str], np.ndarray | None]:
+def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"missing data file: {path}")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    entries = data.get("metadata") if isinstance(data, dict) else None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path} is not a JSON file: {error}") from error
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object with 'metadata' and 'poses'")
+    return data
+
+
+def _poses(data: dict, path: Path, num_rows: int, allow_non_finite: bool = False) -> np.ndarray:
+    if "poses" not in data:
+        raise InputError(f"{path}: missing field 'poses' ([yaw, pitch, roll] in degrees per feature row)")
+    try:
+        poses = np.asarray(data["poses"], dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{path}: 'poses' must be rows of numbers ({error})") from error
+    if poses.ndim != 2 or poses.shape[0] != num_rows or not (allow_non_finite or np.isfinite(poses).all()):
+        raise InputError(f"{path}: 'poses' must be {num_rows} finite rows of angles, got shape {poses.shape}")
+    return poses
+
+
+def read_poses(path: Path, num_rows: int) -> np.ndarray:
+    """The ``poses`` of a metadata file (``[num_rows, pose_dim]``, degrees); non-finite rows are kept."""
+    return _poses(_read_json(path), path, num_rows, allow_non_finite=True)
+
+
+def read_metadata(path: Path, num_rows: int, need_poses: bool) -> tuple[list[str], np.ndarray | None]:
+    """Person names (one per feature row) and, with ``need_poses``, the ``[num_rows, 3]`` poses in degrees."""
+    data = _read_json(path)
+    entries = data.get("metadata")
     if not isinstance(entries, list):
         raise InputError(f"{path}: missing field 'metadata' (a list with one entry per feature row)")
     if len(entries) != num_rows:
@@ -77,14 +109,7 @@ def _read_metadata(path: Path, num_rows: int, need_poses: bool) -> tuple[list[st
         if not isinstance(entry, dict) or not isinstance(entry.get("person_name"), str):
             raise InputError(f"{path}: metadata[{row}] has no string field 'person_name'")
         names.append(entry["person_name"])
-    if not need_poses:
-        return names, None
-    if "poses" not in data:
-        raise InputError(f"{path}: missing field 'poses' ([yaw, pitch, roll] in degrees per feature row)")
-    poses = np.asarray(data["poses"], dtype=np.float32)
-    if poses.ndim != 2 or poses.shape[0] != num_rows or not np.isfinite(poses).all():
-        raise InputError(f"{path}: 'poses' must be {num_rows} finite rows of angles, got shape {poses.shape}")
-    return names, poses
+    return names, (_poses(data, path, num_rows) if need_poses else None)
 
 
 def load_face_feature_folder(data_dir: str | os.PathLike) -> FaceFeatureFolder:
@@ -92,12 +117,12 @@ def load_face_feature_folder(data_dir: str | os.PathLike) -> FaceFeatureFolder:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory not found: {data_dir}")
-    front = _read_features(data_dir / FEATURE_FILES["front"])
-    video = _read_features(data_dir / FEATURE_FILES["video"])
+    front = read_features(data_dir / FEATURE_FILES["front"])
+    video = read_features(data_dir / FEATURE_FILES["video"])
     if front.shape[1] != video.shape[1]:
         raise InputError(f"feature dimensions differ: front {front.shape[1]}, video {video.shape[1]}")
-    front_names, _ = _read_metadata(data_dir / METADATA_FILES["front"], len(front), need_poses=False)
-    video_names, video_poses = _read_metadata(data_dir / METADATA_FILES["video"], len(video), need_poses=True)
+    front_names, _ = read_metadata(data_dir / METADATA_FILES["front"], len(front), need_poses=False)
+    video_names, video_poses = read_metadata(data_dir / METADATA_FILES["video"], len(video), need_poses=True)
 
     persons = sorted(set(front_names) & set(video_names))
     unpaired = sorted(set(front_names) ^ set(video_names))
@@ -192,7 +217,8 @@ class PersonBatchSampler(Sampler[list[int]]):
 
     Triplet mining needs several samples of a person in one batch; uniform shuffling rarely gives that.
     Every sample appears once per epoch; the order depends only on ``(seed, epoch)``, so a resumed run
-    sees the same batches as an uninterrupted one.
+    sees the same batches as an uninterrupted one. A last batch of a single person's group joins the
+    batch before it, so no batch is ever one sample (BatchNorm cannot train on one) or one person.
     """
 
     def __init__(self, labels: Sequence[int], batch_size: int, samples_per_person: int = 4, seed: int = 0):
@@ -218,17 +244,23 @@ class PersonBatchSampler(Sampler[list[int]]):
             # near-equal chunks (5 → 3 + 2, not 4 + 1) so that no chunk is a lone sample without a positive
             chunks += np.array_split(indices, -(-len(indices) // self.samples_per_person))
         order = rng.permutation(len(chunks))
-        step = self.persons_per_batch
+        starts = self._batch_starts(len(chunks))
         return [
-            np.concatenate([chunks[c] for c in order[i : i + step]]).tolist() for i in range(0, len(order), step)
+            np.concatenate([chunks[c] for c in order[a:b]]).tolist() for a, b in zip(starts[:-1], starts[1:], strict=True)
         ]
+
+    def _batch_starts(self, num_chunks: int) -> list[int]:
+        starts = list(range(0, num_chunks, self.persons_per_batch)) + [num_chunks]
+        if len(starts) > 2 and starts[-1] - starts[-2] == 1:  # a lone group at the end joins the previous batch
+            del starts[-2]
+        return starts
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches())
 
     def __len__(self) -> int:
         num_chunks = sum(-(-int(n) // self.samples_per_person) for n in np.unique(self.labels, return_counts=True)[1])
-        return -(-num_chunks // self.persons_per_batch)
+        return len(self._batch_starts(num_chunks)) - 1
 
 
 def rank_identity_dimensions(side: np.ndarray, frontal: np.ndarray, k: int) -> tuple[list[int], np.ndarray]:
