@@ -15,7 +15,12 @@ from train_transformer3D.triplet.senet_losses import (
     mine_angle_aware_triplets,
     target_alignment_loss,
 )
-from train_transformer3D.triplet.senet_model import SEBlock, SENetTripletNetwork
+from train_transformer3D.triplet.senet_model import (
+    ResidualMLPMapper,
+    SEBlock,
+    SENetTripletNetwork,
+    build_mapper,
+)
 
 
 @pytest.mark.parametrize(("num_layers", "hidden_dim"), [(1, 16), (2, 48), (3, 24), (5, 40)])
@@ -30,7 +35,70 @@ def test_shapes_for_several_num_layers(num_layers, hidden_dim):
     assert front.shape == (6, 32) and identity.shape == (6, 32)
     assert torch.allclose(identity.norm(dim=1), torch.ones(6), atol=1e-5)
     (front.sum() + identity.sum()).backward()
-    assert model.encoder[0][0].weight.grad is not None
+    assert linears[0].weight.grad is not None
+
+
+def test_default_encoder_ends_in_a_linear_projection_and_the_seed_layout_is_an_option():
+    default = SENetTripletNetwork(image_dim=16, hidden_dim=24, num_layers=3)
+    assert isinstance(default.encoder[-1], torch.nn.Linear)
+    assert [type(m) for m in default.encoder[0]] == [torch.nn.Linear, torch.nn.Identity, torch.nn.ReLU, torch.nn.Dropout]
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in default.modules())
+    assert default.encoder[0][3].p == 0.0
+    default.train()(torch.randn(1, 16), torch.zeros(1, 3))  # one sample trains without BatchNorm
+    seed = SENetTripletNetwork(image_dim=16, hidden_dim=24, num_layers=3, relu_projection=True, dropout=0.1,
+                               norm="batch")
+    assert [type(m) for m in seed.encoder[-1]] == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.Dropout]
+    assert seed.encoder[-1][3].p == 0.1
+    seed.eval()
+    hidden = seed.encoder(torch.randn(5, 19))
+    assert (hidden >= 0).all()  # the seed's branches only ever see non-negative features
+    layer_norm = SENetTripletNetwork(image_dim=16, hidden_dim=24, norm="layer", use_se=False)
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in layer_norm.modules()) == 2 + 3 + 2  # encoder, branches, head
+    assert not any(isinstance(m, SEBlock) for m in layer_norm.modules())
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_the_triplet_gradient_reaches_the_mapper_only_when_asked(detach):
+    torch.manual_seed(6)
+    model = SENetTripletNetwork(image_dim=16, hidden_dim=16, detach_identity_head=detach)
+    with torch.no_grad():
+        model.residual_gain.fill_(0.5)
+    _, identity = model(torch.randn(6, 16), torch.randn(6, 3))
+    identity.pow(3).sum().backward()
+    assert model.identity_head[0][0].weight.grad.abs().sum() > 0
+    encoder_grad = model.encoder[0][0].weight.grad
+    assert (encoder_grad is None or encoder_grad.abs().sum() == 0) == detach
+
+
+def test_residual_mlp_baseline_matches_its_formula():
+    torch.manual_seed(7)
+    model = ResidualMLPMapper(image_dim=12, pose_dim=3, hidden_dim=20, num_layers=3)
+    linears = [m for m in model.mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(15, 20), (20, 20), (20, 12)]
+    src, pose = F.normalize(torch.randn(4, 12), dim=1), torch.rand(4, 3) * 180 - 90
+    hidden = torch.cat([src, pose / 90.0], dim=1)
+    for index, layer in enumerate(linears):
+        hidden = layer(hidden) if index == len(linears) - 1 else torch.relu(layer(hidden))
+    expected = F.normalize(src + hidden, dim=1)
+    mapped, identity = model(src, pose)
+    assert torch.allclose(mapped, expected, atol=1e-6) and identity is mapped
+    assert math.isnan(model.get_fusion_alpha())
+    rebuilt = build_mapper(model.config)
+    assert isinstance(rebuilt, ResidualMLPMapper) and rebuilt.config == model.config
+
+
+def test_build_mapper_reads_first_release_configs():
+    """Checkpoints written before the defaults changed have no 'architecture' and the seed's layout."""
+    first_release = {"image_dim": 16, "pose_dim": 3, "hidden_dim": 24, "num_layers": 3, "se_reduction": 4,
+                     "fusion_alpha": 0.7, "use_batch_stat": False, "dropout": 0.1, "pose_scale": 1 / 90}
+    model = build_mapper(first_release)
+    assert model.config["relu_projection"] and not model.config["detach_identity_head"]
+    assert isinstance(model.encoder[-1], torch.nn.Sequential)
+    assert build_mapper(model.config).config == model.config
+    with pytest.raises(ValueError, match="unknown mapper architecture"):
+        build_mapper({**first_release, "architecture": "transformer"})
+    with pytest.raises(ValueError, match="unknown norm"):
+        SENetTripletNetwork(image_dim=16, hidden_dim=16, norm="group")
 
 
 def test_fusion_alpha_starts_at_the_requested_value_and_is_the_one_used():
@@ -180,3 +248,6 @@ def test_objective_weights_and_seed_objective_without_target():
     seed = SENetObjective([0, 2], identity_preserve_weight=0.3, target_weight=0.0)(front, identity, src, pose, target, labels)
     assert seed["total"].item() == pytest.approx((seed["triplet"] + 0.3 * seed["identity"]).item(), rel=1e-6)
     assert seed["target"].item() > 0 and math.isfinite(seed["target"].item())  # still reported
+    target_only = SENetObjective([0, 2], identity_preserve_weight=0.0, target_weight=1.0, triplet_weight=0.0)
+    terms = target_only(front, identity, src, pose, target, labels)
+    assert terms["triplet"].item() > 0 and terms["total"].item() == pytest.approx(terms["target"].item(), rel=1e-6)

@@ -10,7 +10,8 @@ Angle-aware triplet loss (seed 004, after "domain-aware triplet loss")::
 
 Identity preservation: ``L_id = mean((front[:, D] − src[:, D])²)`` over the identity dimensions D.
 Frontal target (absent from the seed, after DREAM's mapping loss): ``L_tgt = 1 − cos(front, tgt)`` or
-``mean_batch ‖front − tgt‖²``.  Objective: ``L_triplet + w_id · L_id + w_tgt · L_tgt``; ``w_tgt = 0`` is the seed's.
+``mean_batch ‖front − tgt‖²``.  Objective: ``w_tri · L_triplet + w_id · L_id + w_tgt · L_tgt``; the seed's is
+``w_tri = 1, w_tgt = 0``.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def target_alignment_loss(front_features: torch.Tensor, target: torch.Tensor, ki
 
 
 class SENetObjective(nn.Module):
-    """``triplet + identity_preserve_weight · identity + target_weight · target``, each term returned too."""
+    """``triplet_weight · triplet + identity_preserve_weight · identity + target_weight · target``, each term returned too."""
 
     def __init__(
         self,
@@ -118,6 +119,7 @@ class SENetObjective(nn.Module):
         alpha: float = 2.0,
         beta: float = 1.0,
         angle_threshold: float = 30.0,
+        triplet_weight: float = 1.0,
     ):
         super().__init__()
         if target_loss not in TARGET_LOSSES:
@@ -127,6 +129,7 @@ class SENetObjective(nn.Module):
         self.identity_preserve_weight = identity_preserve_weight
         self.target_weight = target_weight
         self.target_loss = target_loss
+        self.triplet_weight = triplet_weight
 
     def forward(
         self,
@@ -143,7 +146,7 @@ class SENetObjective(nn.Module):
             "target": target_alignment_loss(front_features, target, self.target_loss),
         }
         terms["total"] = (
-            terms["triplet"]
+            self.triplet_weight * terms["triplet"]
             + self.identity_preserve_weight * terms["identity"]
             + self.target_weight * terms["target"]
         )

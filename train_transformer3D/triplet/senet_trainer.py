@@ -2,14 +2,16 @@
 
 ``train(args)`` takes the namespace of ``train_senet_triplet.py`` (every flag is an attribute).
 Validation reports what a user of the mapper cares about: the cosine between ``front_features`` and
-the person's frontal feature, and rank-1 identification of video features against the frontal gallery
-of the held-out persons, before (raw) and after mapping; ``best_model.pth`` is chosen by the latter.
+the person's frontal feature, rank-1 identification of video features against the frontal gallery of
+the held-out persons, and frontal-vs-profile verification (10-fold accuracy, TAR at FAR 1e-3), each
+before (raw) and after mapping; ``best_model.pth`` is chosen by rank-1 after mapping.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from argparse import Namespace
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from myutils.cli import InputError, TrainingError
 from myutils.retrieval.metrics import retrieval_metrics
+from myutils.retrieval.verification import pair_verification
 from myutils.training.checkpoint import load_checkpoint, save_checkpoint
 from myutils.training.log import TrainingLog, plot_curves, write_json_atomic
 from myutils.training.precision import autocast, autocast_dtype, make_grad_scaler, resolve_device
@@ -33,17 +36,22 @@ from train_transformer3D.triplet.face_feature_data import (
     rank_identity_dimensions,
     split_persons,
 )
+from train_transformer3D.triplet.senet_inference import load_trained_model, map_features
 from train_transformer3D.triplet.senet_losses import SENetObjective
-from train_transformer3D.triplet.senet_model import SENetTripletNetwork
+from train_transformer3D.triplet.senet_model import ResidualMLPMapper, SENetTripletNetwork, build_mapper
 
 MAX_GRAD_NORM = 1.0
 MIN_LR_FACTOR = 0.01  # cosine decays to 1 % of --lr (the seed: 1e-4 → 1e-6)
-PROFILE_YAW = 45.0  # |yaw| above this counts as a profile view in the rank-1 breakdown
+PROFILE_YAW = 45.0  # |yaw| above this counts as a profile view in the rank-1 breakdown and verification
+VERIFICATION_FOLDS = 10
+VERIFICATION_FAR = 1e-3
+MIN_INFORMATIVE_PERSONS = 10  # fewer persons in a split: rank-1 among so few candidates says little
+GATE_LR_FACTOR = 50.0  # default --alpha_lr / --gain_lr as a multiple of --lr (see parameter_groups)
 CURVE_PANELS = {
-    "Total loss & cosine similarity": ["TrainLoss", "ValLoss", "ValCosineSim", "ValRank1"],
+    "Total loss & cosine similarity": ["TrainLoss", "ValLoss", "ValCosineSim", "ValRank1", "ValVerifAcc"],
     "Triplet loss": ["TrainTripletLoss", "ValTripletLoss"],
     "Identity-preservation loss": ["TrainIdentityLoss", "ValIdentityLoss"],
-    "Fusion weight α (identity branch)": ["FusionAlpha"],
+    "Fusion weight α (identity branch) and residual gain γ": ["FusionAlpha", "ResidualGain"],
 }
 
 
@@ -51,20 +59,39 @@ class NonFiniteLossError(TrainingError):
     """The loss or the gradient became NaN/Inf; the message names the epoch and step."""
 
 
+class SmallSplitWarning(UserWarning):
+    """A validation or test split too small for its rank-1 / verification figures to mean much."""
+
+
 def model_config(args: Namespace) -> dict:
+    shared = {"image_dim": args.image_dim, "pose_dim": args.pose_dim, "hidden_dim": args.hidden_dim,
+              "num_layers": args.num_layers}
+    if args.architecture == "residual_mlp":
+        return {"architecture": "residual_mlp", **shared}
     return {
-        "image_dim": args.image_dim, "pose_dim": args.pose_dim, "hidden_dim": args.hidden_dim,
-        "num_layers": args.num_layers, "se_reduction": args.se_reduction, "fusion_alpha": args.fusion_alpha,
-        "use_batch_stat": args.use_batch_stat,
+        "architecture": "senet", **shared, "se_reduction": args.se_reduction, "fusion_alpha": args.fusion_alpha,
+        "use_batch_stat": args.use_batch_stat, "dropout": args.dropout, "norm": args.norm, "use_se": not args.no_se,
+        "residual_gain": not args.no_residual_gain, "relu_projection": args.relu_projection,
+        "detach_identity_head": not args.triplet_through_mapper,
     }
 
 
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> SENetTripletNetwork:
-    """A mapper from any checkpoint this trainer wrote, in eval mode."""
-    state = load_checkpoint(path, map_location=device)
-    model = SENetTripletNetwork.from_config(state["model_config"])
-    model.load_state_dict(state["model_state_dict"])
-    return model.to(device).eval()
+def parameter_groups(model, args: Namespace) -> list[dict]:
+    """AdamW groups: the weights at ``--lr``; α's logit at ``--alpha_lr`` and γ at ``--gain_lr``, undecayed.
+
+    Adam moves each parameter by about its learning rate per step whatever the gradient's size, so a
+    scalar that should travel O(1) (α's logit, the residual gain γ) needs many more steps than a weight
+    matrix whose entries travel O(1/sqrt(width)): at ``--lr`` it barely leaves its start. Weight decay
+    would pull α toward 0.5 and γ toward 0, so they have none.
+    """
+    gates = {"dual_branch.fusion_logit": args.alpha_lr, "residual_gain": args.gain_lr}
+    groups = [{"params": [p for n, p in model.named_parameters() if n not in gates], "name": "weights"}]
+    for name, lr in gates.items():
+        params = [p for n, p in model.named_parameters() if n == name]
+        if params:
+            groups.append({"params": params, "lr": lr if lr is not None else GATE_LR_FACTOR * args.lr,
+                           "weight_decay": 0.0, "name": name})
+    return groups
 
 
 def resolve_identity_dims(args: Namespace, train_set: FacePairDataset) -> list[int]:
@@ -164,24 +191,13 @@ def validation_losses(model, loader, objective, args, device) -> dict:
     return {name: total / max(1, len(loader)) for name, total in sums.items()}
 
 
-@torch.no_grad()
-def map_features(model, features: np.ndarray, poses: np.ndarray, device, use_amp: bool, batch_size: int = 512):
-    """``front_features`` for arrays of video features and poses (eval mode), as a float CPU tensor."""
-    model.eval()
-    outputs = []
-    for start in range(0, len(features), batch_size):
-        src = torch.from_numpy(features[start : start + batch_size]).to(device)
-        pose = torch.from_numpy(poses[start : start + batch_size]).to(device)
-        with autocast(device, use_amp):
-            outputs.append(model(src, pose)[0].float().cpu())
-    return torch.cat(outputs)
-
-
 def identification(model, dataset: FacePairDataset, device, use_amp: bool) -> dict:
-    """Rank-1 of the split's video frames against its frontal gallery, and cosine to the frontal target.
+    """Rank-1 of the split's video frames against its frontal gallery, cosine to the frontal target, verification.
 
     Each is reported for the raw video features (``*_raw``) and after mapping; ``rank1_profile*`` keeps
-    only frames with |yaw| > 45°.
+    only frames with |yaw| > 45°. Verification (CFP-FP style, :func:`pair_verification`): profile frames
+    against the frontal features, ``verification_accuracy*`` over 10 folds split by person and
+    ``tar_at_far*`` at FAR 1e-3; NaN when fewer than 10 persons have a profile frame.
     """
     folder = dataset.folder
     video, front = dataset.video_indices, dataset.front_indices
@@ -193,6 +209,12 @@ def identification(model, dataset: FacePairDataset, device, use_amp: bool) -> di
     mapped = F.normalize(map_features(model, folder.video_features[video], folder.video_poses[video], device, use_amp), dim=1)
     same_person = query_labels[:, None] == gallery_labels[None, :]
     results = {}
+    profile_persons = len(torch.unique(query_labels[profile]))
+    enough_profiles = profile_persons >= VERIFICATION_FOLDS
+    if not enough_profiles:
+        warnings.warn(f"only {profile_persons} persons of the split have a profile frame (|yaw| > {PROFILE_YAW:g}°): "
+                      f"{VERIFICATION_FOLDS}-fold verification needs {VERIFICATION_FOLDS}, reported as NaN",
+                      SmallSplitWarning, stacklevel=2)
     for suffix, queries in [("", mapped), ("_raw", raw)]:
         results[f"cosine{suffix}"] = float((queries @ gallery.T)[same_person].mean())
         results[f"rank1{suffix}"] = retrieval_metrics(queries, query_labels, gallery, gallery_labels)["precision_at_1"]
@@ -200,6 +222,13 @@ def identification(model, dataset: FacePairDataset, device, use_amp: bool) -> di
             retrieval_metrics(queries[profile], query_labels[profile], gallery, gallery_labels)["precision_at_1"]
             if profile.any() else float("nan")
         )
+        verification = (
+            pair_verification(queries[profile], query_labels[profile], gallery, gallery_labels,
+                              VERIFICATION_FOLDS, VERIFICATION_FAR)
+            if enough_profiles else {"accuracy": float("nan"), "tar": float("nan")}
+        )
+        results[f"verification_accuracy{suffix}"] = verification["accuracy"]
+        results[f"tar_at_far{suffix}"] = verification["tar"]
     return results
 
 
@@ -227,17 +256,31 @@ def _restore(path, model, optimizer, scheduler, scaler, args, device) -> dict:
         changed = {k: (state["model_config"].get(k), v) for k, v in model.config.items() if state["model_config"].get(k) != v}
         raise InputError(f"--resume {path}: model options differ from the checkpoint (saved, given): {changed}")
     model.load_state_dict(state["model_state_dict"])
+    requested = [group["initial_lr"] for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer_state_dict"])
     scheduler.load_state_dict(state["scheduler_state_dict"])
     scaler.load_state_dict(state["scaler_state_dict"])
-    if state["args"]["lr"] != args.lr:  # the seed's fine-tuning recipe resumes with a new --lr
-        print(f"Learning rate changed on resume: {state['args']['lr']} → {args.lr}")
-        scheduler.base_lrs = [args.lr for _ in optimizer.param_groups]
-        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
-            group["initial_lr"], group["lr"] = args.lr, args.lr * factor(scheduler.last_epoch)
+    if requested != scheduler.base_lrs:  # the seed's fine-tuning recipe resumes with a new --lr
+        for group, old, new in zip(optimizer.param_groups, scheduler.base_lrs, requested, strict=True):
+            if old != new:
+                print(f"Learning rate changed on resume: {old:g} → {new:g}"
+                      + ("" if group["name"] == "weights" else f" ({group['name']})"))
+        scheduler.base_lrs = requested
+        for group, base, factor in zip(optimizer.param_groups, requested, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
     restore_rng_state(state["rng_state"])
     print(f"Resumed from {path}: continuing after epoch {state['epoch']}")
     return state
+
+
+def format_identification(ident: dict) -> str:
+    """The after-mapping (raw) figures of :func:`identification` on one line."""
+    return ", ".join(
+        f"{label} {ident[key]:.4f} (raw {ident[key + '_raw']:.4f})"
+        for label, key in [("rank-1", "rank1"), ("profile rank-1", "rank1_profile"),
+                           ("cosine to frontal", "cosine"), ("frontal-profile verification", "verification_accuracy"),
+                           (f"TAR@FAR={VERIFICATION_FAR:g}", "tar_at_far")]
+    )
 
 
 def _print_epoch(epoch: int, args: Namespace, train_terms: dict, val_terms: dict, ident: dict, alpha: float) -> None:
@@ -247,15 +290,16 @@ def _print_epoch(epoch: int, args: Namespace, train_terms: dict, val_terms: dict
         f"identity: {train_terms['identity']:.4f}, target: {train_terms['target']:.4f}, "
         f"fusion weight: {alpha:.4f}, {train_terms['samples_per_sec']:.0f} samples/s"
     )
-    print(
-        f"  Val   - total: {val_terms['total']:.4f}, triplet: {val_terms['triplet']:.4f}, "
-        f"cosine to frontal: {ident['cosine']:.4f} (raw {ident['cosine_raw']:.4f}), "
-        f"rank-1: {ident['rank1']:.4f} (raw {ident['rank1_raw']:.4f}), "
-        f"profile rank-1: {ident['rank1_profile']:.4f} (raw {ident['rank1_profile_raw']:.4f})"
-    )
+    print(f"  Val   - total: {val_terms['total']:.4f}, triplet: {val_terms['triplet']:.4f}, {format_identification(ident)}")
 
 
-def epoch_record(train_terms: dict, val_terms: dict, ident: dict, alpha: float, lr: float) -> dict:
+def residual_gain(model) -> float:
+    """γ of ``front = src + γ · fused``; NaN for a mapper without one."""
+    gain = getattr(model, "residual_gain", None)
+    return float(gain.detach()) if gain is not None else float("nan")
+
+
+def epoch_record(train_terms: dict, val_terms: dict, ident: dict, alpha: float, gain: float, lr: float) -> dict:
     """One epoch's values under their history keys (also the ``Epoch/<key>`` TensorBoard tags)."""
     return {
         "TrainLoss": train_terms["total"], "TrainTripletLoss": train_terms["triplet"],
@@ -265,7 +309,9 @@ def epoch_record(train_terms: dict, val_terms: dict, ident: dict, alpha: float, 
         "ValCosineSim": ident["cosine"], "ValCosineSimRaw": ident["cosine_raw"],
         "ValRank1": ident["rank1"], "ValRank1Raw": ident["rank1_raw"],
         "ValRank1Profile": ident["rank1_profile"], "ValRank1ProfileRaw": ident["rank1_profile_raw"],
-        "FusionAlpha": alpha, "LearningRate": lr, "TrainSamplesPerSec": train_terms["samples_per_sec"],
+        "ValVerifAcc": ident["verification_accuracy"], "ValVerifAccRaw": ident["verification_accuracy_raw"],
+        "ValTarAtFar": ident["tar_at_far"], "ValTarAtFarRaw": ident["tar_at_far_raw"],
+        "FusionAlpha": alpha, "ResidualGain": gain, "LearningRate": lr, "TrainSamplesPerSec": train_terms["samples_per_sec"],
     }
 
 
@@ -283,14 +329,23 @@ def load_splits(args: Namespace) -> tuple[dict[str, list[int]], dict[str, FacePa
     for name, dataset in datasets.items():
         print(f"{name.capitalize()}: {len(dataset)} samples ({len(dataset.persons)} persons, "
               f"{len(dataset.video_indices)} video frames, {len(dataset.front_indices)} frontal)")
+    for name in ("val", "test"):
+        if len(splits[name]) < MIN_INFORMATIVE_PERSONS:
+            warnings.warn(
+                f"the {name} split has only {len(splits[name])} persons: rank-1 among so few candidates is "
+                f"close to meaningless (one person: always 1.0) and verification needs "
+                f"{VERIFICATION_FOLDS}; use a folder with at least {math.ceil(MIN_INFORMATIVE_PERSONS / 0.1)} persons",
+                SmallSplitWarning, stacklevel=2,
+            )
     return splits, datasets
 
 
-def build_model(args: Namespace, device: torch.device) -> SENetTripletNetwork:
-    model = SENetTripletNetwork(**model_config(args)).to(device)
+def build_model(args: Namespace, device: torch.device) -> SENetTripletNetwork | ResidualMLPMapper:
+    model = build_mapper(model_config(args)).to(device)
     print(f"Total parameters: {sum(p.numel() for p in model.parameters()):,}")
     print(f"Trainable parameters: {sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
-    print(f"Initial fusion weight: {model.get_fusion_alpha():.4f}")
+    if model.config["architecture"] == "senet":
+        print(f"Initial fusion weight: {model.get_fusion_alpha():.4f}")
     return model
 
 
@@ -303,11 +358,7 @@ def evaluate_test_split(model, save_dir: Path, dataset: FacePairDataset, best: d
     else:
         name = "final model"
     test = identification(model, dataset, device, use_amp)
-    print(
-        f"\nTest split, {name}: rank-1 {test['rank1']:.4f} (raw {test['rank1_raw']:.4f}), "
-        f"profile rank-1 {test['rank1_profile']:.4f} (raw {test['rank1_profile_raw']:.4f}), "
-        f"cosine to frontal {test['cosine']:.4f} (raw {test['cosine_raw']:.4f})"
-    )
+    print(f"\nTest split ({len(dataset.persons)} persons), {name}: {format_identification(test)}")
     return test
 
 
@@ -315,6 +366,8 @@ def train(args: Namespace) -> dict:
     """Train, validate and save as ``train_senet_triplet.py`` does; returns a summary of the run."""
     if args.gradient_accumulation_steps < 1 or args.save_interval < 1 or args.epochs < 1:
         raise InputError("--epochs, --save_interval and --gradient_accumulation_steps must be >= 1")
+    if not 0.0 <= args.dropout < 1.0:
+        raise InputError(f"--dropout must be in [0, 1), got {args.dropout}")
     device = resolve_device(args.device)
     print(f"Device: {device}")
     seed_everything(args.seed)
@@ -322,6 +375,9 @@ def train(args: Namespace) -> dict:
 
     print("Loading data...")
     splits, datasets = load_splits(args)
+    if len(datasets["train"]) < 2:
+        raise InputError(f"the training split has {len(datasets['train'])} sample; training needs at least 2 "
+                         "(BatchNorm cannot train on one): add persons or frames")
     identity_dims = resolve_identity_dims(args, datasets["train"])
     train_loader = make_loader(datasets["train"], args, seed=args.seed)
     val_loader = make_loader(datasets["val"], args, seed=args.seed + 1)
@@ -330,9 +386,9 @@ def train(args: Namespace) -> dict:
     model = build_model(args, device)
     objective = SENetObjective(
         identity_dims, args.identity_preserve_weight, args.target_weight, args.target_loss,
-        args.margin, args.alpha, args.beta, args.angle_threshold,
+        args.margin, args.alpha, args.beta, args.angle_threshold, args.triplet_weight,
     ).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     scheduler = warmup_cosine_scheduler(optimizer, 0, args.epochs * steps_per_epoch, MIN_LR_FACTOR)
     scaler = make_grad_scaler(device, args.use_amp)
@@ -366,7 +422,8 @@ def train(args: Namespace) -> dict:
             ident = identification(model, datasets["val"], device, args.use_amp)
             alpha = model.get_fusion_alpha()
             _print_epoch(epoch, args, train_terms, val_terms, ident, alpha)
-            log.log_epoch(epoch, epoch_record(train_terms, val_terms, ident, alpha, optimizer.param_groups[0]["lr"]))
+            record = epoch_record(train_terms, val_terms, ident, alpha, residual_gain(model), optimizer.param_groups[0]["lr"])
+            log.log_epoch(epoch, record)
             if (ident["rank1"], ident["cosine"]) > (best["rank1"], best["cosine"]):
                 best = {"rank1": ident["rank1"], "cosine": ident["cosine"], "epoch": epoch}
                 print(f"  ✓ saved best model: {save(epoch, 'best_model.pth')}")

@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from myutils.cli import non_negative_float, non_negative_int, positive_float, positive_int, run, unit_float  # noqa: E402
 from train_transformer3D.triplet.senet_losses import TARGET_LOSSES  # noqa: E402
+from train_transformer3D.triplet.senet_model import ARCHITECTURES, NORMS  # noqa: E402
 from train_transformer3D.triplet.senet_trainer import train  # noqa: E402
 
 
@@ -35,20 +36,38 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes")
     data.add_argument("--split_seed", type=non_negative_int, default=42, help="seed of the 0.6/0.3/0.1 split by person")
 
-    model = parser.add_argument_group("model")
+    model = parser.add_argument_group("model (docs/senet.md: which defaults differ from the seed, and why)")
+    model.add_argument("--architecture", choices=ARCHITECTURES, default="senet",
+                       help="senet: the dual-branch SENet; residual_mlp: the plain baseline "
+                            "L2norm(x + MLP([x, pose/90])) with --num_layers layers of --hidden_dim (SE/fusion flags unused)")
     model.add_argument("--image_dim", type=positive_int, default=512, help="face feature dimension (InsightFace: 512)")
     model.add_argument("--pose_dim", type=positive_int, default=3, help="pose dimension (Euler angles in degrees: 3)")
     model.add_argument("--hidden_dim", type=positive_int, default=1024, help="width of the hidden layers")
     model.add_argument("--num_layers", type=positive_int, default=3, help="fully connected blocks before the SE branches (>= 1)")
     model.add_argument("--se_reduction", type=positive_int, default=16, help="SE block reduction ratio (8-32)")
     model.add_argument("--fusion_alpha", type=unit_float, default=0.7,
-                       help="initial identity-branch weight α, strictly between 0 and 1 (learnable)")
+                       help="initial identity-branch weight α, strictly between 0 and 1 (learned at --alpha_lr); "
+                            "the branches can rescale themselves, so α's value is not a health signal")
     model.add_argument("--use_batch_stat", action="store_true",
                        help="SE gates from the batch mean instead of each sample")
+    model.add_argument("--dropout", type=non_negative_float, default=0.0, help="dropout after each hidden block (seed: 0.1)")
+    model.add_argument("--norm", choices=NORMS, default="none", help="normalisation in each block (seed: batch)")
+    model.add_argument("--no_se", action="store_true", help="drop the SE gates of both branches (ablation)")
+    model.add_argument("--no_residual_gain", action="store_true",
+                       help="front = src + fused, as the seed (default: src + γ·fused, γ learned from 0)")
+    model.add_argument("--relu_projection", action="store_true",
+                       help="end the encoder with BN-ReLU-Dropout as the seed (default: a plain Linear projection)")
+    model.add_argument("--triplet_through_mapper", action="store_true",
+                       help="let the triplet loss's gradient reach the mapper through the identity head, as the seed "
+                            "(default: the triplet trains the identity head on front_features.detach())")
 
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=positive_int, default=100, help="number of epochs")
     training.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW learning rate (cosine decay to 1%%)")
+    training.add_argument("--alpha_lr", type=non_negative_float, default=None,
+                          help="learning rate of the fusion weight's logit (default: 50 × --lr; 0 freezes α)")
+    training.add_argument("--gain_lr", type=non_negative_float, default=None,
+                          help="learning rate of the residual gain γ (default: 50 × --lr)")
     training.add_argument("--weight_decay", type=non_negative_float, default=1e-5, help="AdamW weight decay")
     training.add_argument("--identity_preserve_weight", type=non_negative_float, default=0.3,
                           help="weight of the MSE between mapped and input feature on the identity dimensions")
@@ -59,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--target_weight", type=non_negative_float, default=1.0,
                           help="weight of the loss between front_features and the frontal feature (0: the seed's objective)")
     training.add_argument("--target_loss", choices=TARGET_LOSSES, default="cosine", help="frontal target loss")
+    training.add_argument("--triplet_weight", type=non_negative_float, default=1.0,
+                          help="weight of the angle-aware triplet loss (the seed's: 1)")
     training.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
                           help="batches per optimizer step (gradient clipping at max_norm 1.0 is built in)")
     training.add_argument("--use_amp", action="store_true",
