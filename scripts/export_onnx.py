@@ -22,12 +22,14 @@ from myutils.export.onnx import Exporter, export_checked  # noqa: E402
 from myutils.retrieval.export import EMBEDDING_EXPORTER  # noqa: E402
 from myutils.roi.export import ROI_ENCODER_EXPORTER  # noqa: E402
 from myutils.segmentation.export import EXPORTER as SEMISEG_EXPORTER  # noqa: E402
+from train_transformer3D.triplet.senet_export import SENET_EXPORTER  # noqa: E402
 
 EXPORTERS: dict[str, Exporter] = {
     "embedding": EMBEDDING_EXPORTER,
     "semiseg": SEMISEG_EXPORTER,
     "roi_encoder": ROI_ENCODER_EXPORTER,
     "yolov7_backbone": YOLOV7_BACKBONE_EXPORTER,
+    "senet": SENET_EXPORTER,
 }
 
 

@@ -12,6 +12,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from myutils.cli import InputError, error_message, positive_int, run, unit_float
@@ -65,6 +66,16 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "make_face_feature_data.py": (
             ["scripts/make_face_feature_data.py", "--out", str(tmp / "f"), "--num_persons", "0"], "--num_persons"),
         "make_roi_demo_data.py": (["scripts/make_roi_demo_data.py", "--out", str(tmp / "r"), "--frames", "0"], "--frames"),
+        "map_face_features.py features before weights": (
+            ["scripts/map_face_features.py", "--model", str(junk), "--features", str(missing / "f.npy"),
+             "--metadata", str(missing / "m.json"), "--output", str(tmp / "mapped.npy")], f"{missing / 'f.npy'}"),
+        "map_face_features.py junk checkpoint": (
+            ["scripts/map_face_features.py", "--model", str(junk), "--features", str(tmp / "faces" / "video_feature.npy"),
+             "--metadata", str(tmp / "faces" / "video_metadata.json"), "--output", str(tmp / "mapped.npy")],
+            f"{junk} is not a checkpoint file"),
+        "export_onnx.py senet checkpoint": (
+            ["scripts/export_onnx.py", "senet", "--checkpoint", str(missing / "c.pth"), "--output", str(tmp / "x")],
+            "--checkpoint"),
         "export_onnx.py": (["scripts/export_onnx.py"], "network"),
         "export_onnx.py yolov7_backbone": (
             ["scripts/export_onnx.py", "yolov7_backbone", "--output", str(tmp / "b"), "--weights", str(missing)],
@@ -112,6 +123,9 @@ def bad_input_runs(tmp_path_factory):
     torch.save({"model": _SystemCall()}, tmp / "evil.pt")  # names os.system: refused, never run
     (tmp / "clip.mp4").write_text("not a video")
     (tmp / "gallery" / "a_class").mkdir(parents=True)
+    (tmp / "faces").mkdir()
+    np.save(tmp / "faces" / "video_feature.npy", np.zeros((2, 4), dtype=np.float32))
+    (tmp / "faces" / "video_metadata.json").write_text('{"metadata": [], "poses": [[0, 0, 0], [40, 0, 0]]}')
     (tmp / "gallery" / "a_class" / "0000.png").write_bytes(
         bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                       "1f15c4890000000d49444154789c6360606060000000050001a5f645400000000049454e44ae426082"))
