@@ -241,10 +241,10 @@ def _write_one_pair_persons(out, num_persons: int):
 
 
 def test_persons_with_a_single_frame_never_form_a_one_sample_batch(tmp_path):
-    # 12 persons → 7 in training; 6 groups per batch → batches of 6 and 1 before the fix
+    # 12 persons → 7 in training; 6 groups per batch → batches of 6 and 1 before the fix, which crashed BatchNorm
     data_dir = _write_one_pair_persons(tmp_path / "faces", 12)
     with pytest.warns(SmallSplitWarning, match="the test split has only 1 persons"):
-        summary = _run(data_dir, tmp_path, epochs=1, batch_size=12, samples_per_person=2)
+        summary = _run(data_dir, tmp_path, epochs=1, batch_size=12, samples_per_person=2, norm="batch")
     assert np.isfinite(summary["history"]["TrainLoss"]).all()
 
 

@@ -87,8 +87,8 @@ def test_a_threshold_tuned_on_the_test_fold_is_not_what_is_reported():
 @pytest.mark.parametrize("ties", [False, True])
 def test_tar_at_far_matches_sklearn_roc_curve(far, ties):
     rng = np.random.default_rng(11)
-    is_same = np.r_[np.ones(500, bool), np.zeros(5000, bool)]
-    scores = np.r_[rng.normal(2.0, 1.0, 500), rng.normal(0.0, 1.0, 5000)]
+    is_same = np.r_[np.ones(500, bool), np.zeros(5003, bool)]  # FAR · N is never a whole number
+    scores = np.r_[rng.normal(2.0, 1.0, 500), rng.normal(0.0, 1.0, 5003)]
     if ties:
         scores = np.round(scores, 1)
     fpr, tpr, thresholds = roc_curve(is_same, scores, drop_intermediate=False)
