@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_persons", type=positive_int, default=1000, help="generated identities (60/30/10 %% split)")
     parser.add_argument("--frames_per_person", type=positive_int, default=4, help="video frames per identity")
     parser.add_argument("--feature_dim", type=positive_int, default=512, help="feature dimension")
+    parser.add_argument("--num_identity_dims", type=positive_int, default=20,
+                        help="planted pose-invariant dimensions, and how many the trainer looks for")
     parser.add_argument("--hidden_dim", type=positive_int, default=512, help="hidden width of every mapper")
     parser.add_argument("--epochs", type=positive_int, default=15, help="training epochs of every run")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="batch size")
@@ -116,7 +118,7 @@ def trainer_options(args: argparse.Namespace, variant: dict) -> dict:
         variant.update(alpha_lr=lr, gain_lr=lr)
     return {"image_dim": args.feature_dim, "hidden_dim": args.hidden_dim, "epochs": args.epochs,
             "batch_size": args.batch_size, "lr": lr, "num_workers": 0, "save_interval": args.epochs,
-            "seed": args.train_seed, **variant}
+            "seed": args.train_seed, "num_identity_dims": args.num_identity_dims, **variant}
 
 
 def train_row(data_dir: Path, run_dir: Path, options: dict) -> dict:
@@ -135,7 +137,7 @@ def make_data(args: argparse.Namespace, work_dir: Path, family: str, seed: int) 
     data_dir = work_dir / f"{family}_seed{seed}" / "data"
     make_face_feature_data(data_dir, overwrite=True, num_persons=args.num_persons, fronts_per_person=1,
                            frames_per_person=args.frames_per_person, feature_dim=args.feature_dim,
-                           family=family, seed=seed)
+                           num_identity_dims=args.num_identity_dims, family=family, seed=seed)
     return data_dir
 
 
