@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 "$PYTHON" scripts/make_face_feature_data.py --out "$OUT_DIR/data" --overwrite --family mixing \
-    --num_persons 400 --fronts_per_person 1 --frames_per_person 10 --feature_dim 512
+    --num_persons 1000 --fronts_per_person 1 --frames_per_person 4 --feature_dim 512
 # A fresh run each time: the previous demo's checkpoints and TensorBoard events are replaced.
 rm -rf "$OUT_DIR/checkpoints" "$OUT_DIR/logs"
 "$PYTHON" train_transformer3D/triplet/train_senet_triplet.py --data_dir "$OUT_DIR/data" \
