@@ -25,9 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--num_persons", type=positive_int, default=60, help="generated identities")
-    parser.add_argument("--fronts_per_person", type=positive_int, default=2, help="frontal features per person")
-    parser.add_argument("--frames_per_person", type=positive_int, default=20, help="video-frame features per person")
+    parser.add_argument("--num_persons", type=positive_int, default=1000,
+                        help="generated identities (the trainer's test split gets 10 %%)")
+    parser.add_argument("--fronts_per_person", type=positive_int, default=1, help="frontal features per person")
+    parser.add_argument("--frames_per_person", type=positive_int, default=4, help="video-frame features per person")
     parser.add_argument("--feature_dim", type=positive_int, default=512, help="feature dimension")
     parser.add_argument("--num_identity_dims", type=positive_int, default=20,
                         help="planted pose-invariant dimensions (the trainer should find them)")

@@ -143,9 +143,9 @@ def _observe(distortion, identity: np.ndarray, poses: np.ndarray, noise: float, 
 
 
 def generate_face_features(
-    num_persons: int = 60,
-    fronts_per_person: int = 2,
-    frames_per_person: int = 20,
+    num_persons: int = 1000,
+    fronts_per_person: int = 1,
+    frames_per_person: int = 4,
     feature_dim: int = 512,
     num_identity_dims: int = 20,
     family: str = "residual",
