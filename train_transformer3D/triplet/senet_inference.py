@@ -9,7 +9,6 @@ in, ``[N, D]`` L2-normalised mapped features out, row for row.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from myutils.cli import InputError
-from myutils.training.checkpoint import load_checkpoint
+from myutils.training.checkpoint import atomic_output, load_checkpoint
 from myutils.training.precision import autocast, resolve_device
 from train_transformer3D.triplet.face_feature_data import read_features, read_poses
 from train_transformer3D.triplet.senet_model import ResidualMLPMapper, SENetTripletNetwork, build_mapper
@@ -53,18 +52,6 @@ def map_features(model, features: np.ndarray, poses: np.ndarray, device, use_amp
     return torch.cat(outputs)
 
 
-def _save_npy_atomic(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def map_feature_file(
     model_path: str | os.PathLike, features_path: str | os.PathLike, metadata_path: str | os.PathLike,
     output_path: str | os.PathLike, batch_size: int = 4096, device: str | None = "auto", use_amp: bool = False,
@@ -96,7 +83,8 @@ def map_feature_file(
         front = map_features(model, features[valid], poses[valid], device, use_amp, batch_size, progress)
         mapped[valid] = F.normalize(front, dim=1).numpy()
     seconds = time.perf_counter() - start
-    _save_npy_atomic(mapped, output_path)
+    with atomic_output(output_path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, mapped)
     return {"output": str(output_path), "num_rows": len(features), "num_mapped": int(valid.sum()),
             "num_skipped": int((~valid).sum()), "feature_dim": image_dim, "device": str(device),
             "architecture": model.config.get("architecture", "senet"), "seconds": seconds}
