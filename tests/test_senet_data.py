@@ -184,7 +184,7 @@ def test_make_data_script_refuses_to_overwrite(tmp_path, repo_root):
                "--pose_rank", "2"]
     first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert first.returncode == 0, first.stderr
-    assert "Wrote 8 frontal and 12 video features (20-d)" in first.stdout
+    assert "Wrote 4 frontal and 12 video features (20-d)" in first.stdout  # one frontal per person by default
     with pytest.raises(FileExistsError, match="already exists"):
         make_face_feature_data(tmp_path / "d", num_persons=4)
     assert load_face_feature_folder(tmp_path / "d").video_features.shape == (12, 20)
