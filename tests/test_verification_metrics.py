@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_curve
 
 from myutils.retrieval.verification import (
     best_threshold,
@@ -13,8 +14,6 @@ from myutils.retrieval.verification import (
     pair_verification,
     tar_at_far,
 )
-
-roc_curve = pytest.importorskip("sklearn.metrics").roc_curve
 
 
 def _scores(seed: int, n: int = 400, ties: bool = False):
