@@ -17,9 +17,11 @@ Where the defaults differ from the seed, a measurement in ``bench/senet_bench.py
 the seed's choice hurting (docs/senet.md has the table); each is an option:
 
 - ``norm`` none (seed BatchNorm1d): BatchNorm makes each sample's output depend on the person groups
-  that share its batch and differ between training and eval; it costs cosine to the target on every
-  family and rank-1 where rank-1 is not saturated. Without it a one-sample batch is harmless too.
-- ``dropout`` 0 (seed 0.1): dropout noise on a regression output costs rank-1 on every family.
+  that share its batch and differ between training and eval; it costs rank-1 where rank-1 is not
+  saturated and cosine to the target on two of the three families. Without it a one-sample batch is
+  harmless too.
+- ``dropout`` 0 (seed 0.1): dropout noise on a regression output; slightly lower rank-1 or cosine on
+  every family.
 - ``relu_projection`` False (seed True): the seed ends the encoder with BN → ReLU → Dropout, so the
   branches only see non-negative features; a plain Linear projection fits better.
 - ``detach_identity_head`` True (seed False): the triplet loss trains the identity head on
