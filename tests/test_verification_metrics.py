@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_curve
 
+from myutils.retrieval import verification
 from myutils.retrieval.verification import (
     best_threshold,
     kfold_verification_accuracy,
@@ -117,3 +118,35 @@ def test_pair_verification_on_separable_and_random_features():
     assert 0.3 < noise["accuracy"] < 0.7 and noise["tar"] < 0.2  # chance level
     with pytest.raises(ValueError, match="at least 10 query identities"):
         pair_verification(queries[:20], labels[:20], centres, torch.arange(12))
+
+
+def test_pair_verification_folds_never_split_an_identity(monkeypatch):
+    """CFP-FP style: all pairs of a query identity are in one fold (a threshold is never chosen on the
+    identities it is tested on); 30 identities round robin over 10 folds."""
+    recorded = {}
+    real = verification.kfold_verification_accuracy
+
+    def record(scores, is_same, folds):
+        recorded.update(scores=np.asarray(scores), is_same=np.asarray(is_same), folds=np.asarray(folds))
+        return real(scores, is_same, folds)
+
+    monkeypatch.setattr(verification, "kfold_verification_accuracy", record)
+    torch.manual_seed(3)
+    labels = torch.arange(30).repeat(3)[torch.randperm(90)]  # three queries per identity, in no order
+    # gallery: unit axes 0-29; query q: cosine own_score[q] to its identity's axis, the rest on axis 30,
+    # so a genuine pair's score names its query (impostor scores are 0)
+    gallery = torch.eye(31)[:30]
+    own_score = torch.linspace(0.1, 0.9, 90, dtype=torch.float64)
+    queries = torch.zeros(90, 31, dtype=torch.float64)
+    queries[torch.arange(90), labels] = own_score
+    queries[:, 30] = (1 - own_score**2).sqrt()
+    pair_verification(queries, labels, gallery, torch.arange(30))
+    genuine = recorded["is_same"]
+    nearest = np.abs(recorded["scores"][genuine][:, None] - own_score.numpy()[None, :]).argmin(axis=1)
+    assert sorted(nearest) == list(range(90))
+    identities = labels.numpy()[nearest]
+    folds_of = {}
+    for identity, fold in zip(identities, recorded["folds"][genuine], strict=True):
+        folds_of.setdefault(identity, set()).add(int(fold))
+    assert len(folds_of) == 30 and all(len(folds) == 1 for folds in folds_of.values())
+    assert sorted(np.bincount([next(iter(f)) for f in folds_of.values()])) == [3] * 10
