@@ -16,6 +16,7 @@ from myutils.cli import run
 from myutils.export.onnx import onnxruntime_outputs
 from scripts.export_onnx import export_onnx
 from scripts.map_face_features import main
+from train_transformer3D.triplet.senet_export import example_inputs
 from train_transformer3D.triplet.senet_inference import load_trained_model, map_feature_file
 from train_transformer3D.triplet.senet_trainer import SmallSplitWarning
 from train_transformer3D.triplet.synthetic_faces import make_face_feature_data
@@ -43,6 +44,68 @@ def trained(tmp_path_factory):
     finally:
         torch.set_num_threads(previous)
     return root, data
+
+
+# The state dict of a model the first release (before `architecture` and the new defaults) trained, for
+# image_dim 4, hidden_dim 6, num_layers 2, se_reduction 2: each module as it named it, with its shape.
+# "block" is its Linear (X.0) + BatchNorm1d (X.1), "bn" a BatchNorm1d, "se" the two bias-free Linears.
+FIRST_RELEASE_LAYOUT = {
+    "residual_gain": ("scalar",), "dual_branch.fusion_logit": ("scalar",),
+    "encoder.0": ("block", 7, 6), "encoder.1": ("block", 6, 4),
+    "dual_branch.identity_se": ("se", 4, 2), "dual_branch.identity_mlp.0": ("block", 4, 4),
+    "dual_branch.identity_mlp.1": ("linear", 4, 4),
+    "dual_branch.pose_se": ("se", 4, 2), "dual_branch.pose_mlp.0": ("block", 4, 4),
+    "dual_branch.pose_mlp.1": ("linear", 4, 4), "dual_branch.pose_mlp.2": ("bn", 4),
+    "identity_head.0": ("block", 4, 4), "identity_head.1": ("linear", 4, 4), "identity_head.2": ("bn", 4),
+}
+
+
+def _first_release_state_dict(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def linear(prefix, fan_in, fan_out):
+        return {f"{prefix}.weight": torch.randn(fan_out, fan_in, generator=generator),
+                f"{prefix}.bias": torch.randn(fan_out, generator=generator)}
+
+    def bn(prefix, dim):
+        return {f"{prefix}.weight": torch.rand(dim, generator=generator) + 0.5,
+                f"{prefix}.bias": torch.randn(dim, generator=generator),
+                f"{prefix}.running_mean": torch.randn(dim, generator=generator),
+                f"{prefix}.running_var": torch.rand(dim, generator=generator) + 0.5,
+                f"{prefix}.num_batches_tracked": torch.tensor(40)}
+
+    state = {}
+    for prefix, (kind, *dims) in FIRST_RELEASE_LAYOUT.items():
+        if kind == "scalar":
+            state[prefix] = torch.tensor(0.4)
+        elif kind == "block":
+            state |= linear(f"{prefix}.0", *dims) | bn(f"{prefix}.1", dims[1])
+        elif kind == "linear":
+            state |= linear(prefix, *dims)
+        elif kind == "bn":
+            state |= bn(prefix, *dims)
+        else:  # se: Linear(dim → dim / reduction) and back, without bias
+            dim, squeezed = dims
+            state[f"{prefix}.excite.0.weight"] = torch.randn(squeezed, dim, generator=generator)
+            state[f"{prefix}.excite.2.weight"] = torch.randn(dim, squeezed, generator=generator)
+    return state
+
+
+def test_a_first_release_checkpoint_loads_with_its_layout(tmp_path):
+    """Users hold checkpoints of the first release: no 'architecture', BatchNorm, dropout 0.1, ReLU projection."""
+    config = {"image_dim": 4, "pose_dim": 3, "hidden_dim": 6, "num_layers": 2, "se_reduction": 2, "fusion_alpha": 0.7,
+              "use_batch_stat": False, "dropout": 0.1, "pose_scale": 1 / 90}
+    state = _first_release_state_dict(torch.Generator().manual_seed(0))
+    torch.save({"epoch": 3, "model_config": config, "model_state_dict": state, "identity_dims": [0, 1]},
+               tmp_path / "old.pth")
+    model = load_trained_model(tmp_path / "old.pth")  # strict: every key and shape must match
+    assert not model.training and model.config["norm"] == "batch" and model.config["relu_projection"]
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    features, poses = example_inputs(4, 3, batch=6, seed=2)
+    with torch.no_grad():
+        front, identity = model(features, poses)
+        alone, _ = model(features[:1], poses[:1])
+    assert torch.allclose(front[:1], alone, atol=1e-6)  # eval mode: running statistics, no dropout
+    assert not torch.allclose(front, features, atol=1e-3) and torch.isfinite(identity).all()
 
 
 def _expected(model_path, features, poses):
