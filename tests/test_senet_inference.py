@@ -17,7 +17,7 @@ from myutils.export.onnx import onnxruntime_outputs
 from scripts.export_onnx import export_onnx
 from scripts.map_face_features import main
 from train_transformer3D.triplet.senet_export import example_inputs
-from train_transformer3D.triplet.senet_inference import load_trained_model, map_feature_file
+from train_transformer3D.triplet.senet_inference import load_trained_model, map_feature_file, map_features
 from train_transformer3D.triplet.senet_trainer import SmallSplitWarning
 from train_transformer3D.triplet.synthetic_faces import make_face_feature_data
 from train_transformer3D.triplet.train_senet_triplet import train_senet_triplet
@@ -152,6 +152,23 @@ def test_non_finite_rows_are_skipped_counted_and_left_nan(trained, tmp_path, cap
     keep = np.setdiff1d(np.arange(len(features)), [3, 5, 10])
     np.testing.assert_allclose(mapped[keep], _expected(root / "baseline" / "best_model.pth", features[keep], poses[keep]),
                                atol=1e-5)
+
+
+def test_mapping_runs_in_batches_of_the_given_size_and_in_bfloat16_with_amp(trained):
+    root, data = trained
+    model = load_trained_model(root / "senet" / "best_model.pth")
+    features = np.load(data / "video_feature.npy")
+    poses = np.asarray(json.loads((data / "video_metadata.json").read_text())["poses"], dtype=np.float32)
+    calls = []
+    first_linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    first_linear.register_forward_hook(lambda module, inputs, output: calls.append((len(output), output.dtype)))
+    full = map_features(model, features, poses, "cpu", batch_size=50)
+    assert calls == [(50, torch.float32), (50, torch.float32), (20, torch.float32)]
+    calls.clear()
+    amp = map_features(model, features, poses, "cpu", use_amp=True, batch_size=4096)
+    assert calls == [(120, torch.bfloat16)] and amp.dtype == torch.float32
+    difference = (F.normalize(amp, dim=1) - F.normalize(full, dim=1)).abs().max()
+    assert 1e-5 < difference < 0.05  # bf16 rounding, not another mapping
 
 
 def test_map_script_errors_name_the_problem(trained, tmp_path, capsys):
