@@ -7,6 +7,8 @@ seed, the real trainer trains with the same budget (epochs, batches, lr schedule
 validation rank-1):
 
 - baseline: ``--architecture residual_mlp``, ``L2norm(x + MLP([x, pose/90]))``, frontal-target cosine loss only;
+- DREAM (the published anchor, Cao et al., CVPR 2018): ``--architecture dream``,
+  ``L2norm(x + sigmoid(10 · (|yaw|/45 − 1)) · MLP(x))``, the same loss;
 - SENet, seed objective: ``--target_weight 0 --triplet_through_mapper`` (triplet + 0.3 · identity preservation);
 - SENet, frontal target: the trainer's defaults.
 
@@ -19,6 +21,7 @@ part removed, on the given seeds (docs/senet.md: seed 0).
 
     python bench/senet_bench.py [--seeds 1,2] [--families residual,mixing,nonlinear]
     python bench/senet_bench.py --ablations --seeds 0
+    python bench/senet_bench.py --models "DREAM (yaw-gated)"      # one row only
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ from train_transformer3D.triplet.synthetic_faces import FAMILIES, make_face_feat
 from train_transformer3D.triplet.train_senet_triplet import train_senet_triplet  # noqa: E402
 
 TARGET_MARGIN = 0.01  # SENet (frontal target) rank-1 may be at most this far below the baseline's
-BASELINE = {"architecture": "residual_mlp", "triplet_weight": 0.0, "identity_preserve_weight": 0.0}
+TARGET_ONLY = {"triplet_weight": 0.0, "identity_preserve_weight": 0.0}
 MODELS = {
-    "residual MLP baseline": BASELINE,
+    "residual MLP baseline": {"architecture": "residual_mlp", **TARGET_ONLY},
+    "DREAM (yaw-gated)": {"architecture": "dream", **TARGET_ONLY},
     "SENet, seed objective": {"target_weight": 0.0, "triplet_through_mapper": True},
     "SENet, frontal target": {},
 }
@@ -76,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated distortion families")
     parser.add_argument("--seeds", default="1", help="comma-separated data seeds (the defaults were tuned on 0)")
     parser.add_argument("--ablations", action="store_true", help="train the SENet ablations instead of the comparison")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated row names to train (default: every row of the comparison or the ablations)")
     parser.add_argument("--num_persons", type=positive_int, default=1000, help="generated identities (60/30/10 %% split)")
     parser.add_argument("--frames_per_person", type=positive_int, default=4, help="video frames per identity")
     parser.add_argument("--feature_dim", type=positive_int, default=512, help="feature dimension")
@@ -108,6 +114,18 @@ def parse_plan(args: argparse.Namespace) -> tuple[list[str], list[int]]:
     if not families or unknown:
         raise InputError(f"--families: unknown {unknown or families}; choose from {sorted(FAMILIES)}")
     return families, _int_list(args.seeds, "--seeds")
+
+
+def selected_rows(args: argparse.Namespace) -> dict[str, dict]:
+    """The comparison's or the ablations' rows, only those ``--models`` names when given."""
+    rows = ABLATIONS if args.ablations else MODELS
+    if args.models is None:
+        return rows
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = [name for name in names if name not in rows]
+    if not names or unknown:
+        raise InputError(f"--models: unknown {unknown or names}; choose from {list(rows)}")
+    return {name: rows[name] for name in names}
 
 
 def trainer_options(args: argparse.Namespace, variant: dict) -> dict:
@@ -168,6 +186,8 @@ def format_comparison(results: list[dict]) -> list[str]:
                      + "".join(f"{first[key + '_raw']:10.3f}" for key, _ in METRICS))
         for name, r in runs.items():
             lines.append(f"{'':15s}  {name:24s}" + "".join(f"{r[key]:10.3f}" for key, _ in METRICS))
+        if not {"SENet, frontal target", "residual MLP baseline"} <= set(runs):
+            continue  # --models left out one side of the target
         ours, baseline = runs["SENet, frontal target"]["rank1"], runs["residual MLP baseline"]["rank1"]
         ok = ours >= baseline - TARGET_MARGIN
         verdicts.append(f"{'PASS' if ok else 'FAIL'} [{family}, seed {seed}] SENet (frontal target) rank-1 {ours:.3f} "
@@ -192,12 +212,12 @@ def format_ablations(results: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    parse_plan(args)  # bad --families / --seeds fail before any work
+    parse_plan(args)  # bad --families / --seeds / --models fail before any work
+    rows = selected_rows(args)
     torch.set_num_threads(args.threads)
     print(f"SENet bench: {args.num_persons} persons × {args.frames_per_person} frames, {args.feature_dim}-d, "
           f"hidden {args.hidden_dim}, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
           f"{args.threads} CPU thread(s); test split = 10 % of the persons", flush=True)
-    rows = ABLATIONS if args.ablations else MODELS
     with contextlib.ExitStack() as stack:
         work_dir = Path(args.out) if args.out else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="senet_bench_")))
         results = run_rows(args, work_dir, rows)

@@ -41,6 +41,20 @@ def test_tiny_bench_run_prints_every_row(tmp_path, capsys):
             "--hidden_dim", "32", "--num_identity_dims", "4", "--epochs", "1", "--batch_size", "16", "--out", str(tmp_path)]
     assert senet_bench.main(argv) == 0
     out = capsys.readouterr().out
-    for row in ["raw (no mapping)", "residual MLP baseline", "SENet, seed objective", "SENet, frontal target"]:
+    for row in ["raw (no mapping)", "residual MLP baseline", "DREAM (yaw-gated)", "SENet, seed objective",
+                "SENet, frontal target"]:
         assert row in out
     assert "[residual, seed 1] SENet (frontal target) rank-1" in out
+
+
+def test_models_selects_rows_and_the_verdict_needs_both_sides(tmp_path, capsys):
+    argv = ["--families", "residual", "--num_persons", "100", "--frames_per_person", "5", "--feature_dim", "24",
+            "--hidden_dim", "32", "--num_identity_dims", "4", "--epochs", "1", "--batch_size", "16", "--out", str(tmp_path),
+            "--models", "DREAM (yaw-gated)"]
+    assert senet_bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "DREAM (yaw-gated)" in out and "residual MLP baseline" not in out and "PASS" not in out and "FAIL" not in out
+    with pytest.raises(ValueError, match="--models: unknown"):
+        senet_bench.selected_rows(senet_bench.build_parser().parse_args(["--models", "SENet"]))
+    ablation = senet_bench.build_parser().parse_args(["--ablations", "--models", "no SE gates,defaults"])
+    assert list(senet_bench.selected_rows(ablation)) == ["no SE gates", "defaults"]

@@ -28,7 +28,7 @@ TINY = {"image_dim": 24, "hidden_dim": 32, "se_reduction": 4, "batch_size": 16, 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Checkpoints of both architectures, trained by the real trainer on the seed's folder layout."""
+    """Checkpoints of the SENet and both baselines, trained by the real trainer on the seed's folder layout."""
     root = tmp_path_factory.mktemp("mapper")
     data = root / "faces"
     make_face_feature_data(data, num_persons=30, fronts_per_person=1, frames_per_person=4, feature_dim=24,
@@ -38,7 +38,8 @@ def trained(tmp_path_factory):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SmallSplitWarning)  # 30 persons: enough to map, too few to evaluate
-            for name, options in {"senet": {}, "baseline": {"architecture": "residual_mlp"}}.items():
+            for name, options in {"senet": {}, "baseline": {"architecture": "residual_mlp"},
+                                  "dream": {"architecture": "dream"}}.items():
                 train_senet_triplet(data_dir=data, save_dir=str(root / name), log_dir=str(root / name / "logs"),
                                     **TINY, **options)
     finally:
@@ -191,7 +192,7 @@ def test_map_script_errors_name_the_problem(trained, tmp_path, capsys):
     assert not (tmp_path / "m.npy").exists()
 
 
-@pytest.mark.parametrize("name", ["senet", "baseline"])
+@pytest.mark.parametrize("name", ["senet", "baseline", "dream"])
 def test_onnx_export_matches_pytorch_at_any_batch_size(trained, tmp_path, name):
     root, _ = trained
     checkpoint = root / name / "best_model.pth"
@@ -199,7 +200,7 @@ def test_onnx_export_matches_pytorch_at_any_batch_size(trained, tmp_path, name):
     assert max(report["max_abs_diff"].values()) <= 1e-4
     assert report["dynamic_axes"]["features"] == {0: "batch"}
     sidecar = json.loads((tmp_path / f"{name}.json").read_text())
-    assert sidecar["model_config"]["architecture"] == ("senet" if name == "senet" else "residual_mlp")
+    assert sidecar["model_config"]["architecture"] == {"senet": "senet", "baseline": "residual_mlp", "dream": "dream"}[name]
     model = load_trained_model(checkpoint)
     for batch in (1, 7):
         generator = torch.Generator().manual_seed(batch)

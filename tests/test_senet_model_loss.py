@@ -16,6 +16,7 @@ from train_transformer3D.triplet.senet_losses import (
     target_alignment_loss,
 )
 from train_transformer3D.triplet.senet_model import (
+    DREAMMapper,
     ResidualMLPMapper,
     SEBlock,
     SENetTripletNetwork,
@@ -85,6 +86,25 @@ def test_residual_mlp_baseline_matches_its_formula():
     assert math.isnan(model.get_fusion_alpha())
     rebuilt = build_mapper(model.config)
     assert isinstance(rebuilt, ResidualMLPMapper) and rebuilt.config == model.config
+
+
+def test_dream_mapper_matches_its_formula():
+    """DREAM: x + sigmoid(10 · (|yaw|/45 − 1)) · R(x), R ignoring the pose; then L2-normalised."""
+    torch.manual_seed(8)
+    model = DREAMMapper(image_dim=12, pose_dim=3, hidden_dim=20, num_layers=2)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(12, 20), (20, 12)]
+    src = F.normalize(torch.randn(5, 12), dim=1)
+    pose = torch.tensor([[0.0, 30, 10], [45, 0, 0], [-45, 5, 0], [90, 0, -20], [-20, 60, 0]])
+    residual = linears[1](torch.relu(linears[0](src)))
+    gate = torch.tensor([1 / (1 + math.exp(-10 * (abs(yaw) / 45 - 1))) for yaw in [0.0, 45, -45, 90, -20]])
+    assert gate[1] == gate[2] == 0.5 and gate[0] < 1e-4 and gate[3] > 0.9999
+    mapped, identity = model(src, pose)
+    assert torch.allclose(mapped, F.normalize(src + gate[:, None] * residual, dim=1), atol=1e-6) and identity is mapped
+    changed_pitch = model(src, pose + torch.tensor([0.0, 17, -9]))[0]
+    assert torch.allclose(changed_pitch, mapped, atol=1e-6)  # only yaw reaches it
+    rebuilt = build_mapper(model.config)
+    assert isinstance(rebuilt, DREAMMapper) and rebuilt.config == model.config and math.isnan(rebuilt.get_fusion_alpha())
 
 
 def test_build_mapper_reads_first_release_configs():

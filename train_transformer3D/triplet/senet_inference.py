@@ -1,7 +1,7 @@
 """Using a trained mapper: load a checkpoint, map features with their poses, map a whole feature file.
 
-``load_trained_model(path)`` rebuilds the network of any checkpoint the trainer wrote (SENet or the
-residual-MLP baseline) in eval mode; ``map_features`` maps arrays in batches; ``map_feature_file`` is
+``load_trained_model(path)`` rebuilds the network of any checkpoint the trainer wrote (SENet, the
+residual-MLP baseline or DREAM) in eval mode; ``map_features`` maps arrays in batches; ``map_feature_file`` is
 the job of ``scripts/map_face_features.py``: a ``[N, D]`` feature file and the ``poses`` of its metadata
 in, ``[N, D]`` L2-normalised mapped features out, row for row.
 """
@@ -21,10 +21,10 @@ from myutils.cli import InputError
 from myutils.training.checkpoint import atomic_output, load_checkpoint
 from myutils.training.precision import autocast, resolve_device
 from train_transformer3D.triplet.face_feature_data import read_features, read_poses
-from train_transformer3D.triplet.senet_model import ResidualMLPMapper, SENetTripletNetwork, build_mapper
+from train_transformer3D.triplet.senet_model import Mapper, build_mapper
 
 
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> SENetTripletNetwork | ResidualMLPMapper:
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> Mapper:
     """A mapper from any checkpoint the SENet trainer wrote, in eval mode."""
     state = load_checkpoint(path, map_location=device)
     if "model_config" not in state or "model_state_dict" not in state:

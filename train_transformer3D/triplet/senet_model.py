@@ -32,7 +32,8 @@ the seed's choice hurting (docs/senet.md has the table); each is an option:
   untrained mapper buries ``src``; with it training starts from the identity map. The trainer gives γ
   and α's logit their own learning rates: Adam moves a scalar by about ``lr`` per step.
 
-The baseline (:class:`ResidualMLPMapper`) is ``L2norm(x + MLP([x, pose · pose_scale]))``.
+The baseline (:class:`ResidualMLPMapper`) is ``L2norm(x + MLP([x, pose · pose_scale]))``; the published
+anchor (:class:`DREAMMapper`, Cao et al., CVPR 2018) is ``L2norm(x + Υ(yaw) · R(x))``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from myutils.cli import InputError
 # swamping the ~0.04-per-dimension values of an L2-normalised 512-d feature in the first layer.
 DEFAULT_POSE_SCALE = 1.0 / 90.0
 NORMS = ("batch", "layer", "none")
-ARCHITECTURES = ("senet", "residual_mlp")
+ARCHITECTURES = ("senet", "residual_mlp", "dream")
+DREAM_GATE_SHARPNESS, DREAM_GATE_YAW = 10.0, 45.0  # Υ(yaw) = sigmoid(10 · (|yaw| / 45° − 1))
 # Options added after the first release and the values that release had (its checkpoints lack them).
 FIRST_RELEASE_OPTIONS = {"norm": "batch", "use_se": True, "residual_gain": True, "relu_projection": True,
                          "detach_identity_head": False, "dropout": 0.1}
@@ -195,6 +197,14 @@ class SENetTripletNetwork(nn.Module):
         return float(self.dual_branch.fusion_alpha.detach())
 
 
+def _relu_mlp(widths: list[int]) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers[:-1])
+
+
 class ResidualMLPMapper(nn.Module):
     """``L2norm(x + MLP([x, pose · pose_scale]))``: the plain pose-conditioned residual baseline.
 
@@ -209,11 +219,7 @@ class ResidualMLPMapper(nn.Module):
         self.config = {"architecture": "residual_mlp", "image_dim": image_dim, "pose_dim": pose_dim,
                        "hidden_dim": hidden_dim, "num_layers": num_layers, "pose_scale": pose_scale}
         self.pose_scale = pose_scale
-        widths = [image_dim + pose_dim] + [hidden_dim] * (num_layers - 1) + [image_dim]
-        layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:], strict=True):
-            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
-        self.mlp = nn.Sequential(*layers[:-1])
+        self.mlp = _relu_mlp([image_dim + pose_dim] + [hidden_dim] * (num_layers - 1) + [image_dim])
 
     def forward(self, src: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check_dims(self, src, pose)
@@ -224,12 +230,42 @@ class ResidualMLPMapper(nn.Module):
         return float("nan")
 
 
-def build_mapper(config: dict[str, Any]) -> SENetTripletNetwork | ResidualMLPMapper:
+class DREAMMapper(nn.Module):
+    """DREAM's residual (Cao et al., CVPR 2018): ``L2norm(x + Υ(yaw) · R(x))``, ``Υ = sigmoid(10 · (|yaw|/45° − 1))``.
+
+    ``R`` is ``num_layers`` Linear layers of ``hidden_dim`` with ReLU between them, applied to the feature
+    alone; the pose enters only through the fixed soft yaw gate (the first pose angle, in degrees), which
+    is 0.5 at 45° and near 0 for frontal faces. Returns the mapped feature twice, like the baseline.
+    """
+
+    def __init__(self, image_dim: int = 512, pose_dim: int = 3, hidden_dim: int = 1024, num_layers: int = 3):
+        super().__init__()
+        _check_positive(image_dim=image_dim, pose_dim=pose_dim, hidden_dim=hidden_dim, num_layers=num_layers)
+        self.config = {"architecture": "dream", "image_dim": image_dim, "pose_dim": pose_dim,
+                       "hidden_dim": hidden_dim, "num_layers": num_layers}
+        self.residual = _relu_mlp([image_dim] + [hidden_dim] * (num_layers - 1) + [image_dim])
+
+    def forward(self, src: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_dims(self, src, pose)
+        gate = torch.sigmoid(DREAM_GATE_SHARPNESS * (pose[:, :1].abs() / DREAM_GATE_YAW - 1.0))
+        mapped = F.normalize(src + gate * self.residual(src), dim=1)
+        return mapped, mapped
+
+    def get_fusion_alpha(self) -> float:
+        return float("nan")
+
+
+Mapper = SENetTripletNetwork | ResidualMLPMapper | DREAMMapper
+
+
+def build_mapper(config: dict[str, Any]) -> Mapper:
     """The network a checkpoint's ``model_config`` describes (older SENet configs: first-release options)."""
     config = dict(config)
     architecture = config.pop("architecture", None)
     if architecture == "residual_mlp":
         return ResidualMLPMapper(**config)
+    if architecture == "dream":
+        return DREAMMapper(**config)
     if architecture is None:
         config = {**FIRST_RELEASE_OPTIONS, **config}
     elif architecture != "senet":

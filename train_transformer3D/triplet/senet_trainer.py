@@ -38,7 +38,7 @@ from train_transformer3D.triplet.face_feature_data import (
 )
 from train_transformer3D.triplet.senet_inference import load_trained_model, map_features
 from train_transformer3D.triplet.senet_losses import SENetObjective
-from train_transformer3D.triplet.senet_model import ResidualMLPMapper, SENetTripletNetwork, build_mapper
+from train_transformer3D.triplet.senet_model import Mapper, build_mapper
 
 MAX_GRAD_NORM = 1.0
 MIN_LR_FACTOR = 0.01  # cosine decays to 1 % of --lr (the seed: 1e-4 → 1e-6)
@@ -66,8 +66,8 @@ class SmallSplitWarning(UserWarning):
 def model_config(args: Namespace) -> dict:
     shared = {"image_dim": args.image_dim, "pose_dim": args.pose_dim, "hidden_dim": args.hidden_dim,
               "num_layers": args.num_layers}
-    if args.architecture == "residual_mlp":
-        return {"architecture": "residual_mlp", **shared}
+    if args.architecture != "senet":  # the baselines take no SENet options
+        return {"architecture": args.architecture, **shared}
     return {
         "architecture": "senet", **shared, "se_reduction": args.se_reduction, "fusion_alpha": args.fusion_alpha,
         "use_batch_stat": args.use_batch_stat, "dropout": args.dropout, "norm": args.norm, "use_se": not args.no_se,
@@ -340,7 +340,7 @@ def load_splits(args: Namespace) -> tuple[dict[str, list[int]], dict[str, FacePa
     return splits, datasets
 
 
-def build_model(args: Namespace, device: torch.device) -> SENetTripletNetwork | ResidualMLPMapper:
+def build_model(args: Namespace, device: torch.device) -> Mapper:
     model = build_mapper(model_config(args)).to(device)
     print(f"Total parameters: {sum(p.numel() for p in model.parameters()):,}")
     print(f"Trainable parameters: {sum(p.numel() for p in model.parameters() if p.requires_grad):,}")

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model (docs/senet.md: which defaults differ from the seed, and why)")
     model.add_argument("--architecture", choices=ARCHITECTURES, default="senet",
                        help="senet: the dual-branch SENet; residual_mlp: the plain baseline "
-                            "L2norm(x + MLP([x, pose/90])) with --num_layers layers of --hidden_dim (SE/fusion flags unused)")
+                            "L2norm(x + MLP([x, pose/90])); dream: DREAM's L2norm(x + sigmoid(10(|yaw|/45 - 1)) MLP(x)); "
+                            "the baselines have --num_layers layers of --hidden_dim (SE/fusion flags unused)")
     model.add_argument("--image_dim", type=positive_int, default=512, help="face feature dimension (InsightFace: 512)")
     model.add_argument("--pose_dim", type=positive_int, default=3, help="pose dimension (Euler angles in degrees: 3)")
     model.add_argument("--hidden_dim", type=positive_int, default=1024, help="width of the hidden layers")
