@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default="1", help="comma-separated data seeds (the defaults were tuned on 0)")
     parser.add_argument("--ablations", action="store_true", help="train the SENet ablations instead of the comparison")
     parser.add_argument("--models", default=None,
-                        help="comma-separated row names to train (default: every row of the comparison or the ablations)")
+                        help="row names to train, separated by ';' (names hold commas; default: every row of the "
+                             "comparison or the ablations)")
     parser.add_argument("--num_persons", type=positive_int, default=1000, help="generated identities (60/30/10 %% split)")
     parser.add_argument("--frames_per_person", type=positive_int, default=4, help="video frames per identity")
     parser.add_argument("--feature_dim", type=positive_int, default=512, help="feature dimension")
@@ -121,7 +122,7 @@ def selected_rows(args: argparse.Namespace) -> dict[str, dict]:
     rows = ABLATIONS if args.ablations else MODELS
     if args.models is None:
         return rows
-    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    names = [name.strip() for name in args.models.split(";") if name.strip()]
     unknown = [name for name in names if name not in rows]
     if not names or unknown:
         raise InputError(f"--models: unknown {unknown or names}; choose from {list(rows)}")

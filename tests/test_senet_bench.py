@@ -56,5 +56,7 @@ def test_models_selects_rows_and_the_verdict_needs_both_sides(tmp_path, capsys):
     assert "DREAM (yaw-gated)" in out and "residual MLP baseline" not in out and "PASS" not in out and "FAIL" not in out
     with pytest.raises(ValueError, match="--models: unknown"):
         senet_bench.selected_rows(senet_bench.build_parser().parse_args(["--models", "SENet"]))
-    ablation = senet_bench.build_parser().parse_args(["--ablations", "--models", "no SE gates,defaults"])
+    ablation = senet_bench.build_parser().parse_args(["--ablations", "--models", "no SE gates; defaults"])
     assert list(senet_bench.selected_rows(ablation)) == ["no SE gates", "defaults"]
+    comparison = senet_bench.build_parser().parse_args(["--models", "SENet, frontal target;residual MLP baseline"])
+    assert list(senet_bench.selected_rows(comparison)) == ["SENet, frontal target", "residual MLP baseline"]
