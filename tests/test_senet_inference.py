@@ -16,6 +16,7 @@ from myutils.cli import run
 from myutils.export.onnx import onnxruntime_outputs
 from scripts.export_onnx import export_onnx
 from scripts.map_face_features import main
+from train_transformer3D.triplet import senet_inference
 from train_transformer3D.triplet.senet_export import example_inputs
 from train_transformer3D.triplet.senet_inference import load_trained_model, map_feature_file, map_features
 from train_transformer3D.triplet.senet_trainer import SmallSplitWarning
@@ -170,6 +171,23 @@ def test_mapping_runs_in_batches_of_the_given_size_and_in_bfloat16_with_amp(trai
     assert calls == [(120, torch.bfloat16)] and amp.dtype == torch.float32
     difference = (F.normalize(amp, dim=1) - F.normalize(full, dim=1)).abs().max()
     assert 1e-5 < difference < 0.05  # bf16 rounding, not another mapping
+
+
+def test_map_script_passes_batch_size_device_and_amp_on(trained, tmp_path, monkeypatch):
+    root, data = trained
+    seen = {}
+    real = senet_inference.map_features
+
+    def record(model, features, poses, device, use_amp=False, batch_size=4096, progress=False):
+        seen.update(device=str(device), use_amp=use_amp, batch_size=batch_size, rows=len(features))
+        return real(model, features, poses, device, use_amp, batch_size, progress)
+
+    monkeypatch.setattr(senet_inference, "map_features", record)
+    argv = ["--model", str(root / "dream" / "best_model.pth"), "--features", str(data / "video_feature.npy"),
+            "--metadata", str(data / "video_metadata.json"), "--output", str(tmp_path / "m.npy"),
+            "--batch_size", "33", "--device", "cpu", "--use_amp"]
+    assert main(argv) == 0
+    assert seen == {"device": "cpu", "use_amp": True, "batch_size": 33, "rows": 120}
 
 
 def test_map_script_errors_name_the_problem(trained, tmp_path, capsys):
