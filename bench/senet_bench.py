@@ -2,7 +2,7 @@
 
 For each family of generated data (``residual``: DREAM's yaw-gated residual; ``mixing``: pose-dependent
 rotations that mix identity dimensions, shared by all persons; ``nonlinear``: a fixed random tanh MLP of
-feature and pose; all with noise; see ``train_transformer3D/triplet/synthetic_faces.py``) and each data
+feature and pose; all with noise; see ``myutils/synthetic/faces.py``) and each data
 seed, the real trainer trains with the same budget (epochs, batches, lr schedule, best epoch by
 validation rank-1):
 
@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 import torch  # noqa: E402
 
 from myutils.cli import InputError, non_negative_int, positive_float, positive_int, run  # noqa: E402
-from train_transformer3D.triplet.synthetic_faces import FAMILIES, make_face_feature_data  # noqa: E402
+from myutils.synthetic.faces import FAMILIES, make_face_feature_data  # noqa: E402
 from train_transformer3D.triplet.train_senet_triplet import train_senet_triplet  # noqa: E402
 
 TARGET_MARGIN = 0.01  # SENet (frontal target) rank-1 may be at most this far below the baseline's

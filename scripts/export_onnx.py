@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from myutils.cli import positive_float, run  # noqa: E402
 from myutils.detection.export import YOLOV7_BACKBONE_EXPORTER  # noqa: E402
 from myutils.export.onnx import Exporter, export_checked  # noqa: E402
+from myutils.face.export import SENET_EXPORTER  # noqa: E402
 from myutils.retrieval.export import EMBEDDING_EXPORTER  # noqa: E402
 from myutils.roi.export import ROI_ENCODER_EXPORTER  # noqa: E402
 from myutils.segmentation.export import EXPORTER as SEMISEG_EXPORTER  # noqa: E402
-from train_transformer3D.triplet.senet_export import SENET_EXPORTER  # noqa: E402
 
 EXPORTERS: dict[str, Exporter] = {
     "embedding": EMBEDDING_EXPORTER,

@@ -3,7 +3,7 @@
     python scripts/make_face_feature_data.py --out demo_data/senet_faces
 
 Each person's features are a known pose distortion of an identity vector plus noise, from one of three
-families (``--family``: residual, mixing, nonlinear; see ``train_transformer3D/triplet/synthetic_faces.py``).
+families (``--family``: residual, mixing, nonlinear; see ``myutils/synthetic/faces.py``).
 Also a function: ``make_face_feature_data``.
 """
 
@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from myutils.cli import non_negative_float, non_negative_int, positive_float, positive_int, run  # noqa: E402
-from train_transformer3D.triplet.synthetic_faces import DEFAULT_STRENGTH, FAMILIES, make_face_feature_data  # noqa: E402
+from myutils.synthetic.faces import DEFAULT_STRENGTH, FAMILIES, make_face_feature_data  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

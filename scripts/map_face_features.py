@@ -7,7 +7,7 @@
 Reads ``[N, D]`` features and the ``poses`` ([yaw, pitch, roll] in degrees, one row per feature) of the
 metadata file, maps them in batches (on CUDA when present) and writes ``[N, D]`` float32 L2-normalised
 mapped features, row for row; rows with NaN/Inf are skipped, counted and left NaN. Also a function:
-``map_feature_file`` in ``train_transformer3D/triplet/senet_inference.py``.
+``map_feature_file`` in ``myutils/face/inference.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from myutils.cli import positive_int, run  # noqa: E402
-from train_transformer3D.triplet.senet_inference import map_feature_file  # noqa: E402
+from myutils.face.inference import map_feature_file  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

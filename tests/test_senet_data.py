@@ -9,14 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from train_transformer3D.triplet.face_feature_data import (
+from myutils.face.data import (
     FacePairDataset,
     PersonBatchSampler,
     load_face_feature_folder,
     rank_identity_dimensions,
     split_persons,
 )
-from train_transformer3D.triplet.synthetic_faces import (
+from myutils.synthetic.faces import (
     DEFAULT_STRENGTH,
     FAMILIES,
     generate_face_features,

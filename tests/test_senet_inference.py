@@ -14,13 +14,13 @@ import torch.nn.functional as F
 
 from myutils.cli import run
 from myutils.export.onnx import onnxruntime_outputs
+from myutils.face import inference as senet_inference
+from myutils.face.export import example_inputs
+from myutils.face.inference import load_trained_model, map_feature_file, map_features
+from myutils.face.trainer import SmallSplitWarning
+from myutils.synthetic.faces import make_face_feature_data
 from scripts.export_onnx import export_onnx
 from scripts.map_face_features import main
-from train_transformer3D.triplet import senet_inference
-from train_transformer3D.triplet.senet_export import example_inputs
-from train_transformer3D.triplet.senet_inference import load_trained_model, map_feature_file, map_features
-from train_transformer3D.triplet.senet_trainer import SmallSplitWarning
-from train_transformer3D.triplet.synthetic_faces import make_face_feature_data
 from train_transformer3D.triplet.train_senet_triplet import train_senet_triplet
 
 TINY = {"image_dim": 24, "hidden_dim": 32, "se_reduction": 4, "batch_size": 16, "num_workers": 0, "lr": 3e-3,

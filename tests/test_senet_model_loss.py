@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train_transformer3D.triplet.senet_losses import (
+from myutils.face.losses import (
     AngleAwareTripletLoss,
     SENetObjective,
     identity_preserve_loss,
     mine_angle_aware_triplets,
     target_alignment_loss,
 )
-from train_transformer3D.triplet.senet_model import (
+from myutils.face.networks import (
     DREAMMapper,
     ResidualMLPMapper,
     SEBlock,

@@ -16,22 +16,22 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 
 from myutils.cli import run
-from train_transformer3D.triplet import senet_trainer
-from train_transformer3D.triplet.face_feature_data import (
+from myutils.face import trainer as senet_trainer
+from myutils.face.data import (
     FacePairDataset,
     PersonBatchSampler,
     load_face_feature_folder,
     write_face_feature_folder,
 )
-from train_transformer3D.triplet.senet_losses import SENetObjective
-from train_transformer3D.triplet.senet_model import SENetTripletNetwork
-from train_transformer3D.triplet.senet_trainer import (
+from myutils.face.losses import SENetObjective
+from myutils.face.networks import SENetTripletNetwork
+from myutils.face.trainer import (
     NonFiniteLossError,
     SmallSplitWarning,
     load_trained_model,
     train_one_epoch,
 )
-from train_transformer3D.triplet.synthetic_faces import generate_face_features, make_face_feature_data
+from myutils.synthetic.faces import generate_face_features, make_face_feature_data
 from train_transformer3D.triplet.train_senet_triplet import main, train_senet_triplet
 
 TINY = {

@@ -1,1 +1,1 @@
-"""SENet triplet network: model, losses, data, trainer and the train_senet_triplet.py entry point."""
+"""The SENet triplet trainer entry point (train_senet_triplet.py); its library is myutils/face/."""

@@ -18,9 +18,9 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from myutils.cli import non_negative_float, non_negative_int, positive_float, positive_int, run, unit_float  # noqa: E402
-from train_transformer3D.triplet.senet_losses import TARGET_LOSSES  # noqa: E402
-from train_transformer3D.triplet.senet_model import ARCHITECTURES, NORMS  # noqa: E402
-from train_transformer3D.triplet.senet_trainer import train  # noqa: E402
+from myutils.face.losses import TARGET_LOSSES  # noqa: E402
+from myutils.face.networks import ARCHITECTURES, NORMS  # noqa: E402
+from myutils.face.trainer import train  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

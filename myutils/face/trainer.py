@@ -22,6 +22,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from myutils.cli import InputError, TrainingError
+from myutils.face.data import (
+    FacePairDataset,
+    PersonBatchSampler,
+    load_face_feature_folder,
+    rank_identity_dimensions,
+    split_persons,
+)
+from myutils.face.inference import load_trained_model, map_features
+from myutils.face.losses import SENetObjective
+from myutils.face.networks import Mapper, build_mapper
 from myutils.retrieval.metrics import retrieval_metrics
 from myutils.retrieval.verification import pair_verification
 from myutils.training.checkpoint import load_checkpoint, save_checkpoint
@@ -29,16 +39,6 @@ from myutils.training.log import TrainingLog, plot_curves, write_json_atomic
 from myutils.training.precision import autocast, autocast_dtype, make_grad_scaler, resolve_device
 from myutils.training.schedule import warmup_cosine_scheduler
 from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything
-from train_transformer3D.triplet.face_feature_data import (
-    FacePairDataset,
-    PersonBatchSampler,
-    load_face_feature_folder,
-    rank_identity_dimensions,
-    split_persons,
-)
-from train_transformer3D.triplet.senet_inference import load_trained_model, map_features
-from train_transformer3D.triplet.senet_losses import SENetObjective
-from train_transformer3D.triplet.senet_model import Mapper, build_mapper
 
 MAX_GRAD_NORM = 1.0
 MIN_LR_FACTOR = 0.01  # cosine decays to 1 % of --lr (the seed: 1e-4 → 1e-6)

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from myutils.cli import InputError
+from myutils.face.data import read_features, read_poses
+from myutils.face.networks import Mapper, build_mapper
 from myutils.training.checkpoint import atomic_output, load_checkpoint
 from myutils.training.precision import autocast, resolve_device
-from train_transformer3D.triplet.face_feature_data import read_features, read_poses
-from train_transformer3D.triplet.senet_model import Mapper, build_mapper
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> Mapper:

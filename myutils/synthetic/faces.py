@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from myutils.cli import InputError
-from train_transformer3D.triplet.face_feature_data import (
+from myutils.face.data import (
     FEATURE_FILES,
     METADATA_FILES,
     write_face_feature_folder,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from myutils.export.onnx import Exporter, ExportSpec, require_file
-from train_transformer3D.triplet.senet_inference import load_trained_model
+from myutils.face.inference import load_trained_model
 
 EXAMPLE_BATCH, CHECK_BATCH = 2, 5
 
