@@ -36,6 +36,10 @@ from myutils.tracking.boxes import xyah_to_xyxy, xywh_to_xyxy, xyxy_to_xyah, xyx
 STATE_DIM, MEASUREMENT_DIM = 8, 4
 STATES = ("xyah", "xywh")
 _PREDICT_BLOCKS = np.array([[1.0, 2.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+# the same step on the flattened blocks [N, 12]: flat @ kron(Bᵀ, I)
+_PREDICT_FLAT = np.kron(_PREDICT_BLOCKS.T, np.eye(MEASUREMENT_DIM))
+# x' = F x for row vectors: x @ Fᵀ
+_TRANSITION_T = np.eye(STATE_DIM) + np.eye(STATE_DIM, k=-MEASUREMENT_DIM)
 _GAIN_ROWS, _COV_ROWS = np.array([0, 0, 1]), np.array([0, 1, 1])
 _XYAH_SCALED, _XYAH_ASPECT = np.array([1.0, 1.0, 0.0, 1.0]), np.array([0.0, 0.0, 1.0, 0.0])
 _XYWH_SIZES = np.array([2, 3, 2, 3])
@@ -71,6 +75,26 @@ class KalmanBoxFilter:
         self.position_weight = position_weight
         self.velocity_weight = velocity_weight
         self.state = state
+        # every noise variance is a weight times a squared size plus a constant (the aspect ratio's):
+        # variances [N, k] = mean[:, 2:4]² @ weights + constants, one product for all tracks
+        self._process_weights, self._process_constants = self._variance_terms(
+            [position_weight, 0.0, velocity_weight], [1e-2, 0.0, 1e-5]
+        )
+        self._measurement_weights, self._measurement_constants = self._variance_terms([position_weight], [1e-1])
+
+    def _variance_terms(self, weights: list[float], aspect_stds: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        """``(W [2, 4k], c [4k])`` with ``mean[:, 2:4]² @ W + c`` = the squared :meth:`_stds` of each weight,
+        side by side (a zero weight and std give a zero block, the covariance between position and velocity)."""
+        sizes = [0, 1, 0, 1] if self.state == "xywh" else [1, 1, None, 1]  # 0: width, 1: height, None: aspect
+        matrix, constants = np.zeros((2, MEASUREMENT_DIM * len(weights))), np.zeros(MEASUREMENT_DIM * len(weights))
+        for block, (weight, aspect_std) in enumerate(zip(weights, aspect_stds, strict=True)):
+            for coordinate, size in enumerate(sizes):
+                column = block * MEASUREMENT_DIM + coordinate
+                if size is None:
+                    constants[column] = aspect_std**2
+                else:
+                    matrix[size, column] = weight**2
+        return matrix, constants
 
     def _stds(self, mean: np.ndarray, weight: float, aspect_std: float) -> np.ndarray:
         """Noise standard deviations ``[N, 4]``: ``weight`` times the size each coordinate scales with
@@ -91,25 +115,18 @@ class KalmanBoxFilter:
 
     def predict(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One step ahead for every track (the process noise from the sizes before the step)."""
-        new_mean = mean.copy()
-        new_mean[:, :MEASUREMENT_DIM] += mean[:, MEASUREMENT_DIM:]
-        # F P Fᵀ per block (pp, pv, vv) -> (pp + 2 pv + vv, pv + vv, vv), plus the noise Q (no pv term)
-        new_cov = _PREDICT_BLOCKS @ cov
-        if self.state == "xywh":  # the sizes gathered once for both noise terms
-            sizes = mean[:, _XYWH_SIZES]
-            new_cov[:, 0] += (self.position_weight * sizes) ** 2
-            new_cov[:, 2] += (self.velocity_weight * sizes) ** 2
-        else:
-            new_cov[:, 0] += self._stds(mean, self.position_weight, 1e-2) ** 2
-            new_cov[:, 2] += self._stds(mean, self.velocity_weight, 1e-5) ** 2
-        return new_mean, new_cov
+        # F P Fᵀ per block (pp, pv, vv) -> (pp + 2 pv + vv, pv + vv, vv), plus the noise Q (no pv term):
+        # two small matrix products on the flattened blocks instead of a dozen strided steps
+        flat = cov.reshape(len(cov), -1) @ _PREDICT_FLAT
+        flat += self._process_constants + mean[:, 2:4] ** 2 @ self._process_weights
+        return mean @ _TRANSITION_T, flat.reshape(cov.shape)
 
     def project(
         self, mean: np.ndarray, cov: np.ndarray, noise_scale: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The state in measurement space: ``z' [N, 4]`` and the innovation variances ``S [N, 4]``
         (S is diagonal; measurement noise times ``noise_scale [N]`` where given)."""
-        variance = self._stds(mean, self.position_weight, 1e-1) ** 2
+        variance = mean[:, 2:4] ** 2 @ self._measurement_weights + self._measurement_constants
         if noise_scale is not None:
             variance = variance * np.asarray(noise_scale, dtype=np.float64).reshape(-1, 1)
         return mean[:, :MEASUREMENT_DIM], cov[:, 0] + variance
