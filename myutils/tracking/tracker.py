@@ -105,7 +105,7 @@ class TrackerConfig:
     min_iou_recovery: float = _param(
         0.3, "round 3 (recovery): least IoU with the track's last observed box; 1 disables the round"
     )
-    min_iou_tentative: float = _param(0.2, "round 4 (tentative tracks): least IoU with the predicted box")
+    min_iou_tentative: float = _param(0.1, "round 4 (tentative tracks): least IoU with the predicted box")
     fuse_score: bool = _param(
         True, "round 1: IoU times the detection score (ByteTrack's score fusion) in the cost and the min_iou gate"
     )
