@@ -87,4 +87,6 @@ def optimal_pairs(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.nda
     capped = np.minimum(cost, max_cost)
     rows, cols = linear_sum_assignment(capped)
     keep = capped[rows, cols] < max_cost
+    if keep.all():  # the common case: no pair at the limit to drop
+        return rows, cols
     return rows[keep], cols[keep]
