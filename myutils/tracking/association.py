@@ -7,6 +7,8 @@ of recent embeddings, the fusion of appearance with motion, and the optimal assi
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -78,11 +80,13 @@ def optimal_pairs(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.nda
     Solved as a rectangular assignment on ``min(cost, max_cost)``: a forced pair at ``max_cost``
     costs exactly what its two unmatched ends would, so both problems have the same optimum.
     """
-    if not np.isfinite(max_cost):
+    if not math.isfinite(max_cost):
         raise ValueError(f"max_cost must be finite, got {max_cost}")
     if cost.size == 0:
         return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
     capped = np.minimum(cost, max_cost)
     rows, cols = linear_sum_assignment(capped)
     keep = capped[rows, cols] < max_cost
+    if keep.all():  # the common case: no pair at the limit to drop
+        return rows, cols
     return rows[keep], cols[keep]

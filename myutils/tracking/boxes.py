@@ -35,7 +35,7 @@ def xyah_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 
 def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    out = np.empty_like(boxes)
+    out = np.empty(boxes.shape)
     out[:, 2:] = boxes[:, 2:] - boxes[:, :2]
     out[:, :2] = boxes[:, :2] + out[:, 2:] / 2
     return out
@@ -43,7 +43,7 @@ def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    out = np.empty_like(boxes)
+    out = np.empty(boxes.shape)
     out[:, :2] = boxes[:, :2] - boxes[:, 2:] / 2
     out[:, 2:] = out[:, :2] + boxes[:, 2:]
     return out
@@ -57,6 +57,8 @@ def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     sides = np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2])
     np.maximum(sides, 0, out=sides)
     intersection = sides[..., 0] * sides[..., 1]
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return intersection / np.maximum(area_a[:, None] + area_b[None, :] - intersection, 1e-12)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b
+    union -= intersection
+    return intersection / np.maximum(union, 1e-12, out=union)

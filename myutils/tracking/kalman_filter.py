@@ -26,6 +26,8 @@ similarity ``p' = M p + t``; BoT-SORT's camera-motion compensation).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.stats import chi2
 
@@ -34,6 +36,10 @@ from myutils.tracking.boxes import xyah_to_xyxy, xywh_to_xyxy, xyxy_to_xyah, xyx
 STATE_DIM, MEASUREMENT_DIM = 8, 4
 STATES = ("xyah", "xywh")
 _PREDICT_BLOCKS = np.array([[1.0, 2.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+# the same step on the flattened blocks [N, 12]: flat @ kron(Bᵀ, I)
+_PREDICT_FLAT = np.kron(_PREDICT_BLOCKS.T, np.eye(MEASUREMENT_DIM))
+# x' = F x for row vectors: x @ Fᵀ
+_TRANSITION_T = np.eye(STATE_DIM) + np.eye(STATE_DIM, k=-MEASUREMENT_DIM)
 _GAIN_ROWS, _COV_ROWS = np.array([0, 0, 1]), np.array([0, 1, 1])
 _XYAH_SCALED, _XYAH_ASPECT = np.array([1.0, 1.0, 0.0, 1.0]), np.array([0.0, 0.0, 1.0, 0.0])
 _XYWH_SIZES = np.array([2, 3, 2, 3])
@@ -42,6 +48,12 @@ _XYWH_SIZES = np.array([2, 3, 2, 3])
 def chi2_gate(probability: float = 0.95, dof: int = MEASUREMENT_DIM) -> float:
     """The squared-Mahalanobis threshold that keeps ``probability`` of true measurements (9.4877 for 0.95, 4 dof)."""
     return float(chi2.ppf(probability, dof))
+
+
+def similarity_scale(matrix: np.ndarray) -> float:
+    """The scale ``s = sqrt(|det M|)`` of the linear part ``M`` of a ``[2, 3]`` similarity warp."""
+    (a, b, _), (c, d, _) = np.asarray(matrix, dtype=np.float64).reshape(2, 3).tolist()
+    return math.sqrt(abs(a * d - b * c))
 
 
 def boxes_to_measurements(boxes_xyxy: np.ndarray, state: str) -> np.ndarray:
@@ -63,6 +75,26 @@ class KalmanBoxFilter:
         self.position_weight = position_weight
         self.velocity_weight = velocity_weight
         self.state = state
+        # every noise variance is a weight times a squared size plus a constant (the aspect ratio's):
+        # variances [N, k] = mean[:, 2:4]² @ weights + constants, one product for all tracks
+        self._process_weights, self._process_constants = self._variance_terms(
+            [position_weight, 0.0, velocity_weight], [1e-2, 0.0, 1e-5]
+        )
+        self._measurement_weights, self._measurement_constants = self._variance_terms([position_weight], [1e-1])
+
+    def _variance_terms(self, weights: list[float], aspect_stds: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        """``(W [2, 4k], c [4k])`` with ``mean[:, 2:4]² @ W + c`` = the squared :meth:`_stds` of each weight,
+        side by side (a zero weight and std give a zero block, the covariance between position and velocity)."""
+        sizes = [0, 1, 0, 1] if self.state == "xywh" else [1, 1, None, 1]  # 0: width, 1: height, None: aspect
+        matrix, constants = np.zeros((2, MEASUREMENT_DIM * len(weights))), np.zeros(MEASUREMENT_DIM * len(weights))
+        for block, (weight, aspect_std) in enumerate(zip(weights, aspect_stds, strict=True)):
+            for coordinate, size in enumerate(sizes):
+                column = block * MEASUREMENT_DIM + coordinate
+                if size is None:
+                    constants[column] = aspect_std**2
+                else:
+                    matrix[size, column] = weight**2
+        return matrix, constants
 
     def _stds(self, mean: np.ndarray, weight: float, aspect_std: float) -> np.ndarray:
         """Noise standard deviations ``[N, 4]``: ``weight`` times the size each coordinate scales with
@@ -83,20 +115,18 @@ class KalmanBoxFilter:
 
     def predict(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One step ahead for every track (the process noise from the sizes before the step)."""
-        noise = np.zeros_like(cov)
-        noise[:, 0] = self._stds(mean, self.position_weight, 1e-2) ** 2
-        noise[:, 2] = self._stds(mean, self.velocity_weight, 1e-5) ** 2
-        new_mean = mean.copy()
-        new_mean[:, :MEASUREMENT_DIM] += mean[:, MEASUREMENT_DIM:]
-        # F P Fᵀ per block (pp, pv, vv) -> (pp + 2 pv + vv, pv + vv, vv)
-        return new_mean, _PREDICT_BLOCKS @ cov + noise
+        # F P Fᵀ per block (pp, pv, vv) -> (pp + 2 pv + vv, pv + vv, vv), plus the noise Q (no pv term):
+        # two small matrix products on the flattened blocks instead of a dozen strided steps
+        flat = cov.reshape(len(cov), -1) @ _PREDICT_FLAT
+        flat += self._process_constants + mean[:, 2:4] ** 2 @ self._process_weights
+        return mean @ _TRANSITION_T, flat.reshape(cov.shape)
 
     def project(
         self, mean: np.ndarray, cov: np.ndarray, noise_scale: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The state in measurement space: ``z' [N, 4]`` and the innovation variances ``S [N, 4]``
         (S is diagonal; measurement noise times ``noise_scale [N]`` where given)."""
-        variance = self._stds(mean, self.position_weight, 1e-1) ** 2
+        variance = mean[:, 2:4] ** 2 @ self._measurement_weights + self._measurement_constants
         if noise_scale is not None:
             variance = variance * np.asarray(noise_scale, dtype=np.float64).reshape(-1, 1)
         return mean[:, :MEASUREMENT_DIM], cov[:, 0] + variance
@@ -111,11 +141,12 @@ class KalmanBoxFilter:
         """Correct each track ``i`` with its own measurement ``measurements[i]`` (measurement noise
         times ``noise_scale[i]`` where given)."""
         projected_mean, innovation_var = self.project(mean, cov, noise_scale)
-        gain = cov[:, :2] / innovation_var[:, None]  # [N, 2, 4]: K for the coordinates and their velocities
+        # K per block, its rows laid out as (kp, kp, kv) for the covariance step; K = (kp, kv)
+        gain = cov[:, _GAIN_ROWS] / innovation_var[:, None]
         innovation = np.asarray(measurements, dtype=np.float64).reshape(-1, MEASUREMENT_DIM) - projected_mean
-        new_mean = mean + (gain * innovation[:, None]).reshape(len(mean), STATE_DIM)
+        new_mean = mean + (gain[:, 1:] * innovation[:, None]).reshape(len(mean), STATE_DIM)
         # P − K S Kᵀ per block: (pp − kp pp, pv − kp pv, vv − kv pv)
-        new_cov = cov - gain[:, _GAIN_ROWS] * cov[:, _COV_ROWS]
+        new_cov = cov - gain * cov[:, _COV_ROWS]
         return new_mean, new_cov
 
     def warp(self, mean: np.ndarray, cov: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,17 +157,17 @@ class KalmanBoxFilter:
         noise models), so a rotation leaves them unchanged; with ``xywh`` (x and y blocks differ)
         the rotation part of the covariance is left out, as small as camera roll is."""
         matrix = np.asarray(matrix, dtype=np.float64).reshape(2, 3)
-        linear, shift = matrix[:, :2], matrix[:, 2]
-        scale = float(np.sqrt(abs(np.linalg.det(linear))))
+        linear_t, shift = matrix[:, :2].T, matrix[:, 2]
+        scale = similarity_scale(matrix)
         new_mean = mean.copy()
-        new_mean[:, 0:2] = mean[:, 0:2] @ linear.T + shift
-        new_mean[:, 4:6] = mean[:, 4:6] @ linear.T
-        sized = [3, 7] if self.state == "xyah" else [2, 3, 6, 7]
-        new_mean[:, sized] *= scale
-        factor = np.full(MEASUREMENT_DIM, scale**2)
+        new_mean[:, 0:2] = mean[:, 0:2] @ linear_t + shift
+        new_mean[:, 4:6] = mean[:, 4:6] @ linear_t
         if self.state == "xyah":
-            factor[2] = 1.0  # the aspect ratio does not change with the zoom
-        return new_mean, cov * factor
+            new_mean[:, 3::4] *= scale  # h and its velocity; the aspect ratio does not change with the zoom
+            return new_mean, cov * np.array([scale**2, scale**2, 1.0, scale**2])
+        new_mean[:, 2:4] *= scale
+        new_mean[:, 6:8] *= scale
+        return new_mean, cov * scale**2
 
     def gating_distance(
         self, mean: np.ndarray, cov: np.ndarray, measurements: np.ndarray, only_position: bool = False

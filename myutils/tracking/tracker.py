@@ -42,6 +42,7 @@ per-track view for inspection.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field, fields
 
@@ -56,6 +57,7 @@ from myutils.tracking.kalman_filter import (
     boxes_to_measurements,
     chi2_gate,
     measurements_to_boxes,
+    similarity_scale,
 )
 
 
@@ -103,7 +105,7 @@ class TrackerConfig:
     min_iou_recovery: float = _param(
         0.3, "round 3 (recovery): least IoU with the track's last observed box; 1 disables the round"
     )
-    min_iou_tentative: float = _param(0.2, "round 4 (tentative tracks): least IoU with the predicted box")
+    min_iou_tentative: float = _param(0.1, "round 4 (tentative tracks): least IoU with the predicted box")
     fuse_score: bool = _param(
         True, "round 1: IoU times the detection score (ByteTrack's score fusion) in the cost and the min_iou gate"
     )
@@ -209,21 +211,13 @@ class TrackTable:
     def select(self, index: np.ndarray) -> TrackTable:
         """The rows ``index`` (indices or a boolean mask) as a new table."""
         index = np.nonzero(index)[0] if np.asarray(index).dtype == bool else np.asarray(index, dtype=int)
-        values = {
-            f.name: getattr(self, f.name)[index]
-            for f in fields(self)
-            if f.name not in ("feature", "banks")
-        }
+        values = {name: getattr(self, name)[index] for name in _ROW_ARRAYS}
         feature = None if self.feature is None else self.feature[index]
         return TrackTable(**values, feature=feature, banks=[self.banks[i] for i in index])
 
     def extend(self, other: TrackTable) -> TrackTable:
         """This table with the rows of ``other`` appended."""
-        values = {
-            f.name: np.concatenate([getattr(self, f.name), getattr(other, f.name)])
-            for f in fields(self)
-            if f.name not in ("feature", "banks")
-        }
+        values = {name: np.concatenate([getattr(self, name), getattr(other, name)]) for name in _ROW_ARRAYS}
         if self.feature is None and other.feature is None:
             feature = None
         else:
@@ -232,6 +226,9 @@ class TrackTable:
                 [t.feature if t.feature is not None else np.zeros((len(t), dim)) for t in (self, other)]
             )
         return TrackTable(**values, feature=feature, banks=self.banks + other.banks)
+
+
+_ROW_ARRAYS = tuple(f.name for f in fields(TrackTable) if f.name not in ("feature", "banks"))
 
 
 @dataclass(frozen=True)
@@ -268,9 +265,8 @@ def box_centres(boxes_xyxy: np.ndarray) -> np.ndarray:
 
 def warp_boxes(boxes_xyxy: np.ndarray, warp: np.ndarray) -> np.ndarray:
     """Axis-aligned boxes after a similarity warp: centres moved, sides scaled."""
-    scale = float(np.sqrt(abs(np.linalg.det(warp[:, :2]))))
     centres = box_centres(boxes_xyxy) @ warp[:, :2].T + warp[:, 2]
-    half = (boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]) * scale / 2
+    half = (boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]) * similarity_scale(warp) / 2
     return np.concatenate([centres - half, centres + half], axis=1)
 
 
@@ -287,6 +283,11 @@ class Tracker:
         self.reid_window = self.config.frames(self.config.reid_window_seconds, fps)
         self.kalman = KalmanBoxFilter(self.config.position_noise, self.config.velocity_noise, self.config.kalman_state)
         self.gate = chi2_gate(self.config.gate_probability, dof=2)
+        # an unmatched detection starts a track when it is a high-score one scoring at least new_track_score
+        self._start_score = max(self.config.high_score, self.config.new_track_score)
+        self._low_limit = self._iou_limit(self.config.min_iou_low)
+        self._recovery_limit = self._iou_limit(self.config.min_iou_recovery)
+        self._tentative_limit = self._iou_limit(self.config.min_iou_tentative)
         self.table = self._empty_table()
         self.frame = 0  # frames seen so far
         self._next_id = 1
@@ -322,59 +323,23 @@ class Tracker:
     ) -> list[TrackedObject]:
         """Advance one frame (see the module docstring for the contract and the rounds)."""
         boxes, scores, embeddings, class_ids = self._check_inputs(boxes_xyxy, scores, embeddings, class_ids)
-        cfg, t = self.config, self.table
+        cfg = self.config
         self.frame += 1
         self._predict(camera_warp)
-        t = self.table
-        if len(t) == 0 and len(boxes) == 0:
+        if len(boxes) == 0:
+            self._drop_unmatched()
             return []
-
-        is_high = scores >= cfg.high_score
-        high = np.flatnonzero(is_high)
-        low = np.flatnonzero(~is_high & (scores >= cfg.low_score))
         measurements = boxes_to_measurements(boxes, cfg.kalman_state)
-        predicted = measurements_to_boxes(t.mean[:, :4], cfg.kalman_state)
-        is_confirmed = t.confirmed
-        confirmed = np.flatnonzero(is_confirmed)
-        tentative = np.flatnonzero(~is_confirmed)
-        det = (boxes, scores, class_ids, embeddings)
-        track_free, det_free = np.ones(len(t), dtype=bool), np.ones(len(boxes), dtype=bool)
-        track_parts, det_parts = [], []
-
-        def take(pairs):
-            if len(pairs[0]) == 0:
-                return
-            track_free[pairs[0]] = False
-            det_free[pairs[1]] = False
-            track_parts.append(pairs[0])
-            det_parts.append(pairs[1])
-
-        # round 1: confirmed tracks x high-score detections, motion (+ appearance)
-        take(self._match_confirmed(confirmed, high, det, measurements, predicted))
-        confirmed, high = confirmed[track_free[confirmed]], high[det_free[high]]
-        # round 2: tracks seen in the previous frame x low-score detections, IoU only
-        take(self._match_iou(confirmed[t.missed[confirmed] == 1], low, det, predicted, cfg.min_iou_low))
-        confirmed = confirmed[track_free[confirmed]]
-        # round 3: the rest x remaining high-score detections, IoU with the last observed box
-        if cfg.min_iou_recovery < 1.0:
-            take(self._match_iou(confirmed, high, det, t.observed_box, cfg.min_iou_recovery))
-            confirmed, high = confirmed[track_free[confirmed]], high[det_free[high]]
-        # round 4: tentative tracks x remaining high-score detections, IoU only
-        take(self._match_iou(tentative, high, det, predicted, cfg.min_iou_tentative))
-        high = high[det_free[high]]
-        # round 5: lost tracks x remaining high-score detections, appearance only, near where they were lost
-        if embeddings is not None:
-            missed = t.missed[confirmed]
-            lost = confirmed[(missed >= cfg.reid_min_missed) & (missed <= self.reid_window)]
-            take(self._match_appearance(lost, high, det))
-            high = high[det_free[high]]
-
-        reported = []
-        if track_parts:
-            rows, cols = np.concatenate(track_parts), np.concatenate(det_parts)
-            reported = self._apply_matches(rows, cols, boxes, measurements, scores, embeddings)
-        self._drop_unmatched()
-        starts = high[scores[high] >= cfg.new_track_score]
+        is_high = scores >= cfg.high_score
+        reported, free = [], is_high
+        if len(self.table):
+            matches, det_free = self._associate(boxes, scores, measurements, embeddings, class_ids, is_high)
+            if matches:
+                reported = self._apply_matches(*matches, boxes, measurements, scores, embeddings)
+            if not matches or len(matches[0]) + len(matches[2]) < len(self.table):  # a track was missed
+                self._drop_unmatched()
+            free = det_free
+        starts = (free & (scores >= self._start_score)).nonzero()[0]
         if len(starts):
             reported += self._start_tracks(starts, boxes, measurements, scores, class_ids, embeddings)
         # the matched detection's box is reported: the filtered box lags behind on turns and size changes
@@ -383,6 +348,68 @@ class Tracker:
             for track_id, j in reported
         ]
         return sorted(objects, key=lambda obj: obj.track_id)
+
+    def _associate(self, boxes, scores, measurements, embeddings, class_ids, is_high):
+        """The association rounds of one frame -> ``(confirmed rows, their detections, tentative rows,
+        their detections)`` (None: no match) and a mask of the detections left unmatched."""
+        cfg, t = self.config, self.table
+        n, m = len(t.mean), len(boxes)
+        recovering = cfg.min_iou_recovery < 1.0
+        predicted = measurements_to_boxes(t.mean[:, :4], cfg.kalman_state)
+        # one IoU call for every predicted box (rounds 1, 2, 4) and every last observed box (round 3, rows n:)
+        overlap = iou_matrix(np.concatenate([predicted, t.observed_box]) if recovering else predicted, boxes)
+        is_confirmed = t.track_id > 0
+        confirmed, high = is_confirmed.nonzero()[0], is_high.nonzero()[0]
+        all_confirmed, all_high = len(confirmed) == n, len(high) == m
+        track_free, det_free = np.ones(n, dtype=bool), np.ones(m, dtype=bool)
+        track_parts, det_parts = [], []
+
+        def take(pairs):
+            if len(pairs[0]):
+                track_free[pairs[0]] = False
+                det_free[pairs[1]] = False
+                track_parts.append(pairs[0])
+                det_parts.append(pairs[1])
+
+        det = (boxes, scores, class_ids, embeddings)
+        # round 1: confirmed tracks x high-score detections, motion (+ appearance)
+        if len(confirmed) and len(high):
+            block = overlap[:n] if all_confirmed and all_high else overlap[confirmed[:, None], high]
+            take(self._match_confirmed(confirmed, high, det, measurements, block))
+            confirmed, high = confirmed[track_free[confirmed]], high[det_free[high]]
+        # round 2: tracks seen in the previous frame x low-score detections, IoU only
+        if not all_high and len(confirmed):
+            recent = confirmed[t.missed[confirmed] == 1]
+            low = ((scores >= cfg.low_score) & ~is_high).nonzero()[0]
+            if len(recent) and len(low):
+                take(self._match_iou(recent, low, overlap[recent[:, None], low], class_ids, self._low_limit))
+                confirmed = confirmed[track_free[confirmed]]
+        # round 3: the rest x remaining high-score detections, IoU with the last observed box
+        if recovering and len(confirmed) and len(high):
+            block = overlap[n:][confirmed[:, None], high]
+            take(self._match_iou(confirmed, high, block, class_ids, self._recovery_limit))
+            confirmed, high = confirmed[track_free[confirmed]], high[det_free[high]]
+        # round 4: tentative tracks x remaining high-score detections, IoU only (kept apart: only these
+        # matches can confirm a track)
+        tentative_pairs = NO_PAIRS
+        if not all_confirmed and len(high):
+            tentative = (~is_confirmed).nonzero()[0]
+            tentative_pairs = self._match_iou(
+                tentative, high, overlap[tentative[:, None], high], class_ids, self._tentative_limit
+            )
+            if len(tentative_pairs[1]):
+                det_free[tentative_pairs[1]] = False
+                high = high[det_free[high]]
+        # round 5: lost tracks x remaining high-score detections, appearance only, near where they were lost
+        if embeddings is not None and len(confirmed) and len(high):
+            missed = t.missed[confirmed]
+            lost = confirmed[(missed >= cfg.reid_min_missed) & (missed <= self.reid_window)]
+            take(self._match_appearance(lost, high, det))
+        if not track_parts and not len(tentative_pairs[0]):
+            return None, det_free
+        rows = track_parts[0] if len(track_parts) == 1 else np.concatenate(track_parts or [NO_PAIRS[0]])
+        cols = det_parts[0] if len(det_parts) == 1 else np.concatenate(det_parts or [NO_PAIRS[1]])
+        return (rows, cols, *tentative_pairs), det_free
 
     # --- steps -------------------------------------------------------------------------------------
     def _empty_table(self) -> TrackTable:
@@ -433,9 +460,10 @@ class Tracker:
         warp = np.asarray(camera_warp, dtype=np.float64).reshape(2, 3)
         t.mean, t.cov = self.kalman.warp(t.mean, t.cov, warp)
         t.observed_box = warp_boxes(t.observed_box, warp)
-        t.history = t.history @ warp[:, :2].T + warp[:, 2]
-        moved = t.direction @ warp[:, :2].T
-        t.direction = moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
+        if self.config.direction_weight:  # the direction history is kept only where it is used
+            t.history = t.history @ warp[:, :2].T + warp[:, 2]
+            moved = t.direction @ warp[:, :2].T
+            t.direction = moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
 
     def _class_conflicts(self, track_index: np.ndarray, det_class_ids: np.ndarray | None) -> np.ndarray | bool:
         """``[N, M]`` True where a track and a detection belong to different classes (False: no classes)."""
@@ -458,21 +486,22 @@ class Tracker:
         bonus[np.isnan(directions[:, 0])] = 0.0
         return bonus
 
-    def _match_confirmed(self, track_index, det_index, det, measurements, predicted):
-        if len(track_index) == 0 or len(det_index) == 0:
-            return NO_PAIRS
+    def _match_confirmed(self, track_index, det_index, det, measurements, overlap):
+        """Round 1; ``overlap`` is the IoU of the tracks' predicted boxes with the detections."""
         boxes, scores, class_ids, embeddings = det
         cfg, t = self.config, self.table
         forbidden = self._class_conflicts(track_index, None if class_ids is None else class_ids[det_index])
-        overlap = iou_matrix(predicted[track_index], boxes[det_index])
         if cfg.fuse_score:  # ByteTrack / BoT-SORT: the overlap weighted by the detection's score
-            overlap *= scores[det_index][None, :]
+            overlap = overlap * scores[det_index]
         motion = 1.0 - overlap
         if cfg.direction_weight:
             motion -= self._direction_bonus(track_index, boxes[det_index], scores[det_index])
-        with_features = t.has_feature[track_index]
-        if embeddings is None or not with_features.any():  # the overlap itself is the gate
-            motion[forbidden | (overlap < cfg.min_iou)] = np.inf
+        with_features = None if embeddings is None else t.has_feature[track_index]
+        if with_features is None or not with_features.any():  # the overlap itself is the gate
+            # an overlap below min_iou costs at least the limit 1 - min_iou and is never kept; only the
+            # direction bonus or a class conflict need the pair forbidden explicitly
+            if cfg.direction_weight or class_ids is not None:
+                motion[forbidden | (overlap < cfg.min_iou)] = np.inf
             return self._assign(motion, 1.0 - cfg.min_iou, track_index, det_index)
         # pairs without overlap may match on their look, only within the Mahalanobis gate
         forbidden |= (
@@ -489,13 +518,20 @@ class Tracker:
         cost[forbidden | vetoed] = np.inf
         return self._assign(cost, cfg.max_fused_cost, track_index, det_index)
 
-    def _match_iou(self, track_index, det_index, det, track_boxes, min_iou):
-        if len(track_index) == 0 or len(det_index) == 0:
-            return NO_PAIRS
-        boxes, _, class_ids, _ = det
-        cost = 1.0 - iou_matrix(track_boxes[track_index], boxes[det_index])
-        cost[(cost > 1.0 - min_iou) | self._class_conflicts(track_index, None if class_ids is None else class_ids[det_index])] = np.inf
-        return self._assign(cost, 1.0 - min_iou + 1e-9, track_index, det_index)
+    def _match_iou(self, track_index, det_index, overlap, class_ids, limit):
+        """Rounds 2-4 on IoU alone; ``overlap [len(track_index), len(det_index)]``, ``limit`` from
+        :meth:`_iou_limit`."""
+        cost = 1.0 - overlap
+        if class_ids is not None:
+            cost[self._class_conflicts(track_index, class_ids[det_index])] = np.inf
+        return self._assign(cost, limit, track_index, det_index)
+
+    @staticmethod
+    def _iou_limit(min_iou: float) -> float:
+        """The assignment limit of an IoU round whose pairs are allowed from an IoU of ``min_iou`` on: the
+        next float above ``1 - min_iou``, so every cost up to ``1 - min_iou`` may be kept and every larger
+        one is capped to the limit (never kept)."""
+        return math.nextafter(1.0 - min_iou, math.inf)
 
     def _match_appearance(self, track_index, det_index, det):
         track_index = track_index[self.table.has_feature[track_index]]
@@ -524,14 +560,49 @@ class Tracker:
         rows, cols = optimal_pairs(cost, max_cost)
         return track_index[rows], det_index[cols]
 
-    def _apply_matches(self, rows, cols, boxes, measurements, scores, embeddings) -> list[tuple[int, int]]:
-        """Kalman-correct every matched track, advance its life cycle, observations and appearance memory;
-        returns ``(track id, detection index)`` of the matched tracks that are confirmed now."""
+    def _apply_matches(
+        self, rows, cols, tentative_rows, tentative_cols, boxes, measurements, scores, embeddings
+    ) -> list[tuple[int, int]]:
+        """Kalman-correct every matched track (confirmed ``rows`` and ``tentative_rows``), advance its life
+        cycle, observations and appearance memory; returns ``(track id, detection index)`` of the matched
+        tracks that are confirmed now."""
         cfg, t = self.config, self.table
+        if len(tentative_rows):
+            confirmed_count = len(rows)
+            rows, cols = np.concatenate([rows, tentative_rows]), np.concatenate([cols, tentative_cols])
         noise_scale = np.clip(1.0 - scores[cols], 0.05, 1.0) if cfg.score_scaled_noise else None
         t.mean[rows], t.cov[rows] = self.kalman.update(t.mean[rows], t.cov[rows], measurements[cols], noise_scale)
         observed = boxes[cols]
-        centres = (observed[:, :2] + observed[:, 2:]) / 2
+        if cfg.direction_weight:
+            self._observe_direction(rows, observed)
+        t.observed_box[rows] = observed
+        t.score[rows] = scores[cols]
+        t.hits[rows] += 1
+        t.missed[rows] = 0
+        if embeddings is not None:
+            learns = self._learns_look(rows, cols, scores, embeddings)
+            for row, col in zip(rows[learns], cols[learns], strict=True):
+                self._learn(row, embeddings[col], self._ema_momentum(scores[col]))
+        if not len(tentative_rows):
+            return list(zip(t.track_id[rows].tolist(), cols.tolist(), strict=True))
+        # only tentative tracks can be confirmed now: after n_init hits, with the next free ids
+        promoted = (t.hits[tentative_rows] >= cfg.n_init).nonzero()[0]
+        new_ids = np.arange(self._next_id, self._next_id + len(promoted))
+        t.track_id[tentative_rows[promoted]] = new_ids
+        self._next_id += len(promoted)
+        return list(
+            zip(
+                t.track_id[rows[:confirmed_count]].tolist() + new_ids.tolist(),
+                cols[:confirmed_count].tolist() + tentative_cols[promoted].tolist(),
+                strict=True,
+            )
+        )
+
+    def _observe_direction(self, rows: np.ndarray, observed: np.ndarray) -> None:
+        """The new observed centres of the tracks ``rows``: their direction from the reference observation
+        (``direction_delta`` back), then the history shifted by one."""
+        t = self.table
+        centres = box_centres(observed)
         history = t.history[rows]
         offsets = centres - history[:, 0]
         length = np.hypot(offsets[:, 0], offsets[:, 1])
@@ -540,20 +611,6 @@ class Tracker:
         history[:, :-1] = history[:, 1:]
         history[:, -1] = centres
         t.history[rows] = history
-        t.observed_box[rows] = observed
-        t.score[rows] = scores[cols]
-        t.hits[rows] += 1
-        t.missed[rows] = 0
-        track_ids = t.track_id[rows]
-        for k in np.nonzero((track_ids == 0) & (t.hits[rows] >= cfg.n_init))[0]:
-            track_ids[k] = t.track_id[rows[k]] = self._next_id
-            self._next_id += 1
-        if embeddings is not None:
-            learns = self._learns_look(rows, cols, scores, embeddings)
-            for row, col in zip(rows[learns], cols[learns], strict=True):
-                self._learn(row, embeddings[col], self._ema_momentum(scores[col]))
-        confirmed = track_ids > 0
-        return list(zip(track_ids[confirmed].tolist(), cols[confirmed].tolist(), strict=True))
 
     def _learns_look(self, rows, cols, scores, embeddings) -> np.ndarray:
         """Per match: may the detection's embedding update the track's look? Only a confident detection
@@ -587,8 +644,8 @@ class Tracker:
     def _drop_unmatched(self) -> None:
         """Tentative tracks die at their first miss, confirmed ones after ``max_age`` missed frames."""
         t = self.table
-        dead = (t.missed > 0) & (~t.confirmed | (t.missed > self.max_age))
-        if dead.any():
+        dead = t.missed > (t.track_id > 0) * self.max_age  # tentative: limit 0, confirmed: max_age
+        if np.logical_or.reduce(dead):
             self.table = t.select(~dead)
 
     def _start_tracks(self, index, boxes, measurements, scores, class_ids, embeddings) -> list[tuple[int, int]]:
