@@ -106,11 +106,13 @@ def train_semiseg(root_path: str, **options) -> dict:
     """The CLI's job as a function; options are the flags by name (``True`` for a switch, lists for nargs)."""
     argv = ["--root_path", str(root_path)]
     for name, value in options.items():
+        if value is None or value is False:  # by identity: 0 and 0.0 are values (seed=0, consistency=0)
+            continue
         if value is True:
             argv.append(f"--{name}")
         elif isinstance(value, (list, tuple)):
             argv += [f"--{name}", *map(str, value)]
-        elif value not in (None, False):
+        else:
             argv += [f"--{name}", str(value)]
     return train(build_parser().parse_args(argv))
 

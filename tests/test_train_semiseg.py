@@ -34,6 +34,21 @@ def acdc(tmp_path_factory):
     return make_acdc_like(tmp_path_factory.mktemp("acdc"), train=4, val=1, test=1, size=32, slices=3, seed=5)
 
 
+def test_function_passes_zero_values_through(monkeypatch):
+    """Bug caught: ``train_semiseg(seed=0, consistency=0, num_workers=0)`` silently training with the
+    defaults (1337, 0.1, 2), because ``0 in (None, False)`` is true in Python."""
+    import scripts.train_semiseg as script
+
+    seen = []
+    monkeypatch.setattr(script, "train", seen.append)
+    script.train_semiseg("data", seed=0, consistency=0, num_workers=0, ema_decay=0.0, use_learned_selector=False,
+                         test_list=None, use_contrastive_prototype=True, memory_ignore_classes=[0])
+    (args,) = seen
+    assert (args.seed, args.consistency, args.num_workers, args.ema_decay) == (0, 0.0, 0, 0.0)
+    assert args.use_contrastive_prototype and not args.use_learned_selector and args.test_list is None
+    assert args.memory_ignore_classes == [0]
+
+
 def test_training_learns_the_segmentation(tmp_path):
     """Bug caught: a trainer that runs but does not learn (wrong targets, optimizer not stepping, labels
     misaligned with images): on clean cases the best validation Dice must go far above chance."""
