@@ -9,6 +9,7 @@ offset, bias field and noise; --data_seed, not the seed the settings were chosen
 
     supervised       labelled patches only
     mean_teacher     + EMA-teacher consistency on the unlabelled patches (the baseline)
+    mt_shared_bn     the same with SS-Net's one student forward (BatchNorm statistics shared by both streams)
     mt_memory        + the class-wise contrastive memory (SS-Net's recipe: background kept out)
     mt_memory_sel    + the learned selectors
 
@@ -37,6 +38,7 @@ from myutils.training.log import write_json_atomic  # noqa: E402
 CONFIGS = {
     "supervised": ["--semi_method", "supervised"],
     "mean_teacher": ["--semi_method", "mean_teacher"],
+    "mt_shared_bn": ["--semi_method", "mean_teacher", "--stream_batchnorm", "shared"],  # SS-Net's one forward
     "mt_memory": ["--semi_method", "mean_teacher", "--use_contrastive_prototype", "--memory_ignore_classes", "0"],
     "mt_memory_sel": ["--semi_method", "mean_teacher", "--use_contrastive_prototype", "--memory_ignore_classes", "0",
                       "--use_learned_selector"],

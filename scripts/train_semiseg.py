@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--ema_decay", type=unit_float, default=0.99, help="mean-teacher EMA decay (default 0.99)")
     training.add_argument("--pseudo_threshold", type=unit_float, default=0.95,
                           help="teacher confidence a pseudo-label needs (--semi_method pseudo_label; default 0.95)")
+    training.add_argument("--stream_batchnorm", choices=("separate", "shared"), default="separate",
+                          help="separate: labelled and unlabelled patches through the student in two forwards, "
+                               "BatchNorm statistics per stream (default); shared: one forward as SS-Net")
     training.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                           help="autocast: auto = bf16 on CUDA where supported (fp16 + scaler otherwise), off on CPU")
     training.add_argument("--seed", type=non_negative_int, default=1337, help="random seed (SS-Net: 1337)")

@@ -204,7 +204,7 @@ class Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast(device, *self.amp):
-            logits, _, prediction = self.model(images)
+            logits, prediction = self.student_outputs(images)
             teacher_logits = teacher_projection = None
             if self.teacher is not None or self.manager is not None:
                 teacher_logits, teacher_projection = self.teacher_outputs(images)
@@ -238,6 +238,20 @@ class Run:
             update_ema(self.teacher, self.student, args.ema_decay, self.iteration)
         parts["total"] = total.item()
         return parts
+
+    def student_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The student's logits and predictions for the batch. ``--stream_batchnorm separate``: the labelled and
+        the unlabelled patches in two forwards, so BatchNorm normalises each stream with its own statistics and
+        the labelled loss does not depend on which unlabelled patches share the batch (one forward, SS-Net's
+        ``shared``, let unlabelled cases with other intensities shift the labelled patches' normalisation)."""
+        lb = self.args.labeled_bs
+        if self.args.stream_batchnorm == "shared" or images.shape[0] == lb:
+            logits, _, prediction = self.model(images)
+            return logits, prediction
+        (labelled_logits, _, labelled_prediction), (unlabelled_logits, _, unlabelled_prediction) = (
+            self.model(images[:lb]), self.model(images[lb:]))
+        prediction = None if labelled_prediction is None else torch.cat([labelled_prediction, unlabelled_prediction])
+        return torch.cat([labelled_logits, unlabelled_logits]), prediction
 
     @torch.no_grad()
     def teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
