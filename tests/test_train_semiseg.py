@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from myutils.cli import InputError
 from myutils.contrastive_prototype_manager import ContrastivePrototypeManager
 from myutils.segmentation import trainer
 from myutils.synthetic.semiseg_cases import make_acdc_like, make_la_like
@@ -114,7 +115,9 @@ def test_resume_continues_exactly(acdc, tmp_path, monkeypatch):
 
 def test_3d_training_with_sliding_window_and_bf16_autocast(tmp_path):
     root = make_la_like(tmp_path / "la", train=3, test=1, shape=(20, 18, 16), seed=2)
-    result = train_semiseg(root, dataset="la", labelnum=1, patch_size=[16, 16, 16], batch_size=2, labeled_bs=1,
+    with pytest.raises(InputError, match="one value per channel"):  # one 16^3 patch per stream: a 1x1x1 bottleneck
+        train_semiseg(root, dataset="la", labelnum=1, patch_size=[16, 16, 16], batch_size=2, labeled_bs=1)
+    result = train_semiseg(root, dataset="la", labelnum=1, patch_size=[32, 16, 16], batch_size=2, labeled_bs=1,
                            base_channels=2, embedding_dim=4, max_iterations=2, eval_interval=2, num_workers=0,
                            stride=[8, 8, 8], amp="bf16", use_contrastive_prototype=True, output_dir=tmp_path / "run")
     assert set(result["best_val"]) >= {"dice", "hd95", "asd", "jaccard", "dice_class1"}

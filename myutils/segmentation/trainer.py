@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import time
 from pathlib import Path
 
@@ -97,6 +98,11 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.labeled_bs > args.batch_size or (args.semi_method != "supervised" and args.labeled_bs == args.batch_size):
         raise InputError(f"--labeled_bs {args.labeled_bs} must be below --batch_size {args.batch_size} "
                          "(the rest of the batch is unlabelled)")
+    smallest_stream = min(args.labeled_bs, args.batch_size - args.labeled_bs or args.labeled_bs)
+    if args.stream_batchnorm == "separate" and smallest_stream * math.prod(p // 16 for p in args.patch_size) == 1:
+        raise InputError(f"--patch_size {args.patch_size} with {smallest_stream} patch(es) in a stream leaves BatchNorm "
+                         "one value per channel at the deepest level: use a larger patch or batch, or "
+                         "--stream_batchnorm shared")
     if args.use_learned_selector and not args.use_contrastive_prototype:
         raise InputError("--use_learned_selector needs --use_contrastive_prototype")
     if args.consistency_rampup is None:
