@@ -138,6 +138,9 @@ def test_torchrun_two_processes(acdc, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
     assert json.loads((out / "metrics.json").read_text())["best_iteration"] == 2
+    rng = torch.load(out / "checkpoints" / "last.pth", weights_only=True)["rng"]
+    # each rank's own stream: a checkpoint with rank 0's state alone cannot resume rank 1 exactly
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
 
 
 def tiny_run(acdc, tmp_path, *flags: str) -> trainer.Run:

@@ -62,7 +62,7 @@ from myutils.training.distributed import (
 )
 from myutils.training.log import TrainingLog, plot_curves, write_json_atomic
 from myutils.training.precision import amp_settings, autocast, make_grad_scaler
-from myutils.training.seeding import capture_rng_state, restore_rng_state, seed_everything
+from myutils.training.seeding import capture_rank_rng_states, resume_rank_rng_states, seed_everything
 
 METHODS = ("supervised", "mean_teacher", "pseudo_label")
 # SS-Net's settings per layout: network, classes, patch, batch (labelled part), labelled cases, validation list.
@@ -158,11 +158,12 @@ class Run:
         self.output = Path(args.output_dir)
 
     # ----------------------------------------------------------------------------- state
-    def state(self) -> dict:
+    def state(self, rng_states: list[dict]) -> dict:
+        """Everything a resumed run needs; ``rng_states`` is every rank's (:func:`capture_rank_rng_states`)."""
         state = {
             "iteration": self.iteration, "best_dice": self.best_dice, "history": self.history,
             "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": capture_rng_state(), "args": serializable(vars(self.args)),
+            "scaler": self.scaler.state_dict(), "rng": rng_states, "args": serializable(vars(self.args)),
         }
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
@@ -352,8 +353,8 @@ def _train(args: argparse.Namespace, ctx: DistContext) -> dict:
                         pin_memory=ctx.device.type == "cuda", persistent_workers=args.num_workers > 0)
     batches = iter(loader)  # before seeding: creating it draws a base seed from the global RNG
     seed_everything(args.seed + ctx.rank)  # dropout and teacher noise differ per rank
-    if args.resume and ctx.world_size == 1:  # rank 0 saves only its own RNG state
-        restore_rng_state(state["rng"])
+    if args.resume:  # every rank continues its own streams
+        resume_rank_rng_states(state["rng"], args.seed + 1_000 * run.iteration, args.resume)
     log = TrainingLog(run.output / "tensorboard", run.output / "history.json", run.history) if ctx.is_main else None
     if ctx.is_main:
         print(f"{len(run.items)} training items: {len(run.labelled)} labelled ({args.labelnum or 'all'} cases), "
@@ -396,10 +397,12 @@ def end_of_interval(run: Run, log: TrainingLog | None, means: dict[str, float], 
         values["seconds_per_iteration"] = seconds
         log.log_epoch(run.iteration, values, tag_prefix="Eval/")
         run.history = log.history
+    rng_states = capture_rank_rng_states()  # every rank, after validation: where the run continues
+    if run.ctx.is_main:
         if summary["dice"] > run.best_dice:
             run.best_dice = summary["dice"]
-            save_checkpoint({**run.state(), "val_metrics": summary}, run.output / "checkpoints" / "best.pth")
-        save_checkpoint(run.state(), run.output / "checkpoints" / "last.pth")
+            save_checkpoint({**run.state(rng_states), "val_metrics": summary}, run.output / "checkpoints" / "best.pth")
+        save_checkpoint(run.state(rng_states), run.output / "checkpoints" / "last.pth")
         tqdm.write(f"iteration {run.iteration}: val Dice {summary['dice']:.4f} HD95 {summary['hd95']:.2f} "
                    f"(best {run.best_dice:.4f})")
     barrier()
