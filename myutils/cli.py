@@ -90,3 +90,20 @@ non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0, "a positive number")
 non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
 unit_float = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def options_to_argv(options: dict[str, Any]) -> list[str]:
+    """The flags of a script's Python function (``flag=value``) as its command line: ``True`` is a bare switch,
+    ``None`` and ``False`` leave the flag out, a list or tuple gives several values. Checked by identity, since
+    ``0 == False``: ``seed=0`` must reach the parser as ``--seed 0``."""
+    argv: list[str] = []
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(f"--{name}")
+        elif isinstance(value, (list, tuple)):
+            argv += [f"--{name}", *map(str, value)]
+        else:
+            argv += [f"--{name}", str(value)]
+    return argv

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from myutils.cli import positive_float, run  # noqa: E402
+from myutils.cli import options_to_argv, positive_float, run  # noqa: E402
 from myutils.detection.export import YOLOV7_BACKBONE_EXPORTER  # noqa: E402
 from myutils.export.onnx import Exporter, export_checked  # noqa: E402
 from myutils.face.export import SENET_EXPORTER  # noqa: E402
@@ -50,13 +50,7 @@ def export_onnx(network: str, output: str, atol: float = 1e-4, **options) -> dic
 
     Options are the network's flags by name; ``True`` stands for a flag given without a value.
     """
-    argv = [network, "--output", str(output), "--atol", str(atol)]
-    for name, value in options.items():
-        if value is True:
-            argv.append(f"--{name}")
-        elif value not in (None, False):
-            argv += [f"--{name}", str(value)]
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args([network, "--output", str(output), "--atol", str(atol), *options_to_argv(options)])
     return export_checked(EXPORTERS[network].build(args), args.output, args.atol)
 
 

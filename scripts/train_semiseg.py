@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from myutils.cli import (  # noqa: E402
     non_negative_float,
     non_negative_int,
+    options_to_argv,
     positive_float,
     positive_int,
     run,
@@ -107,17 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_semiseg(root_path: str, **options) -> dict:
     """The CLI's job as a function; options are the flags by name (``True`` for a switch, lists for nargs)."""
-    argv = ["--root_path", str(root_path)]
-    for name, value in options.items():
-        if value is None or value is False:  # by identity: 0 and 0.0 are values (seed=0, consistency=0)
-            continue
-        if value is True:
-            argv.append(f"--{name}")
-        elif isinstance(value, (list, tuple)):
-            argv += [f"--{name}", *map(str, value)]
-        else:
-            argv += [f"--{name}", str(value)]
-    return train(build_parser().parse_args(argv))
+    return train(build_parser().parse_args(["--root_path", str(root_path), *options_to_argv(options)]))
 
 
 def main(argv: list[str] | None = None) -> None:

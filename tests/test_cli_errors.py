@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from myutils.cli import InputError, error_message, positive_int, run, unit_float
+from myutils.cli import InputError, error_message, options_to_argv, positive_int, run, unit_float
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,6 +201,13 @@ def test_value_types():
     for parse, text in ((positive_int, "0"), (positive_int, "x"), (unit_float, "1.5"), (unit_float, "nan")):
         with pytest.raises(argparse.ArgumentTypeError):
             parse(text)
+
+
+def test_options_to_argv_keeps_zero_values():
+    """``0 == False``: a membership test (``value in (None, False)``) would drop seed=0 and consistency=0.0."""
+    argv = options_to_argv({"seed": 0, "consistency": 0.0, "amp": True, "resume": None, "compile": False,
+                            "patch_size": [32, 16], "out": Path("o")})
+    assert argv == ["--seed", "0", "--consistency", "0.0", "--amp", "--patch_size", "32", "16", "--out", "o"]
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
