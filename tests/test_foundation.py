@@ -23,6 +23,7 @@ from myutils.data.image_folder import (
     split_per_class,
 )
 from myutils.data.image_io import read_image_rgb, write_image_rgb
+from myutils.files import atomic_output
 from myutils.retrieval import metrics
 from myutils.retrieval.metrics import knn_classification, retrieval_metrics, top_k_search
 from myutils.training.checkpoint import load_checkpoint, save_checkpoint
@@ -283,6 +284,20 @@ def test_mot_file_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.txt").write_text("1,2,3\n")
     with pytest.raises(ValueError, match="bad.txt:1"):
         read_mot(tmp_path / "bad.txt")
+
+
+def test_a_failed_atomic_write_keeps_the_previous_file(tmp_path):
+    """Checkpoints, JSON, MOT files and exports share atomic_output: an error mid-write (a full disk, a crash)
+    must leave the old file as it was and no temporary file behind."""
+    target = tmp_path / "results.txt"
+    target.write_text("old")
+    with pytest.raises(OSError), atomic_output(target) as tmp:
+        tmp.write_text("half of the new")
+        raise OSError("disk full")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.txt"]
+    with atomic_output(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["results.txt"]
 
 
 def test_atomic_files_get_normal_permissions(tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from myutils.cli import InputError, TrainingError
-from myutils.training.checkpoint import atomic_output
+from myutils.files import atomic_output
 from myutils.training.log import write_json_atomic
 
 OPSET = 17

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from myutils.cli import InputError
 from myutils.face.data import read_features, read_poses
 from myutils.face.networks import Mapper, build_mapper
-from myutils.training.checkpoint import atomic_output, load_checkpoint
+from myutils.files import atomic_output
+from myutils.training.checkpoint import load_checkpoint
 from myutils.training.precision import autocast, resolve_device
 
 

@@ -19,6 +19,7 @@ import torch
 
 from myutils.cli import positive_int
 from myutils.export.onnx import Exporter, ExportSpec, require_file
+from myutils.files import atomic_output
 from myutils.retrieval.embedding import EmbeddedImages
 from myutils.retrieval.gallery_cache import file_digest, relative_key
 from myutils.retrieval.metrics import faiss_available
@@ -62,18 +63,16 @@ def write_gallery_export(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     embeddings = np.ascontiguousarray(gallery.embeddings.numpy().astype(np.float32))
-    tmp = out_dir / ".embeddings.npy.tmp"
-    with open(tmp, "wb") as handle:
+    with atomic_output(out_dir / "embeddings.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, embeddings)
-    os.replace(tmp, out_dir / "embeddings.npy")
     files = ["embeddings.npy", "gallery.json"]
     if faiss_available():
         import faiss
 
         index = faiss.IndexFlatIP(embeddings.shape[1])
         index.add(embeddings)
-        faiss.write_index(index, str(out_dir / ".index.faiss.tmp"))
-        os.replace(out_dir / ".index.faiss.tmp", out_dir / "index.faiss")
+        with atomic_output(out_dir / "index.faiss") as tmp:
+            faiss.write_index(index, str(tmp))
         files.append("index.faiss")
     description = {
         "format_version": GALLERY_FORMAT_VERSION,

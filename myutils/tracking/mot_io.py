@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from myutils.cli import InputError
+from myutils.files import atomic_output
 
 MOT_COLUMNS = 10
 
@@ -61,7 +62,6 @@ def read_mot(path: str | os.PathLike) -> np.ndarray:
 def write_mot(path: str | os.PathLike, rows: np.ndarray) -> Path:
     """Write ``rows`` ``[N, >=6]`` sorted by (frame, id); frame/id as integers, boxes with 2 decimals."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = np.asarray(rows, dtype=np.float64).reshape(-1, np.shape(rows)[-1] if np.size(rows) else MOT_COLUMNS)
     if rows.shape[1] < MOT_COLUMNS:
         rows = np.hstack([rows, -np.ones((rows.shape[0], MOT_COLUMNS - rows.shape[1]))])
@@ -70,9 +70,8 @@ def write_mot(path: str | os.PathLike, rows: np.ndarray) -> Path:
         f"{int(r[0])},{int(r[1])},{r[2]:.2f},{r[3]:.2f},{r[4]:.2f},{r[5]:.2f},{r[6]:.4g},{r[7]:.4g},{r[8]:.4g},{r[9]:.4g}"
         for r in rows
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
     return path
 
 

@@ -6,39 +6,16 @@ Everything we save is tensors and plain Python data, so every file loads with
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from myutils.cli import InputError
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary file beside ``path`` that replaces ``path`` only when the block succeeds.
-
-    A crash mid-write leaves the previous file intact instead of a truncated one. The file gets the
-    permissions of a normally created one (``mkstemp`` alone would leave it readable by its owner only).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp_name)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+from myutils.files import atomic_output
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -7,13 +7,12 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from myutils.files import atomic_output
+
 
 def write_json_atomic(data: object, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def plot_curves(
