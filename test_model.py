@@ -31,7 +31,8 @@ from myutils.cli import InputError, non_negative_int, positive_int, run
 from myutils.data.image_folder import ImageRecord, scan_image_folder
 from myutils.retrieval.embedding import EmbeddedImages, embed_records
 from myutils.retrieval.gallery_cache import load_or_embed_gallery
-from myutils.retrieval.metrics import knn_classification, retrieval_metrics, top_k_search
+from myutils.retrieval.metrics import knn_classification, retrieval_metrics
+from myutils.retrieval.search import top_k_search
 from myutils.retrieval.visualize import draw_match_grid
 from myutils.training.precision import resolve_device
 

@@ -6,6 +6,7 @@ import math
 import os
 import random
 import sys
+import time
 
 import faiss
 import numpy as np
@@ -24,8 +25,9 @@ from myutils.data.image_folder import (
 )
 from myutils.data.image_io import read_image_rgb, write_image_rgb
 from myutils.files import atomic_output
-from myutils.retrieval import metrics
-from myutils.retrieval.metrics import knn_classification, retrieval_metrics, top_k_search
+from myutils.retrieval import metrics, search
+from myutils.retrieval.metrics import knn_classification, retrieval_metrics
+from myutils.retrieval.search import top_k_search
 from myutils.training.checkpoint import load_checkpoint, save_checkpoint
 from myutils.training.schedule import warmup_cosine_factor, warmup_cosine_scheduler
 from myutils.training.seeding import (
@@ -206,13 +208,63 @@ def test_retrieval_metrics_equal_accuracy_calculator(same_set):
 
 
 def test_top_k_search_matches_full_sort_in_memory_bounded_blocks(monkeypatch):
+    # blocks of 4 queries in one reused buffer: a result left as a view of the buffer would be overwritten
     torch.manual_seed(1)
-    query, gallery = F.normalize(torch.randn(9, 8), dim=1), F.normalize(torch.randn(40, 8), dim=1)
-    monkeypatch.setattr(metrics, "SIMILARITY_BLOCK_ELEMENTS", 4 * 40)  # blocks of 4 queries
+    query, gallery = F.normalize(torch.randn(9, 8), dim=1), F.normalize(torch.randn(1000, 8), dim=1)
+    monkeypatch.setattr(search, "SIMILARITY_BLOCK_ELEMENTS", 4 * 1000)
+    monkeypatch.setattr(search, "MIN_BLOCK_ROWS", 1)
     scores, indices = top_k_search(query, gallery, k=5, backend="torch")
     expected = (query @ gallery.T).sort(dim=1, descending=True)
     assert torch.equal(indices, expected.indices[:, :5])
     assert torch.allclose(scores, expected.values[:, :5])
+
+
+@pytest.mark.parametrize("n_columns, k", [(10, 3), (1024, 1), (1024, 5), (1061, 5), (3000, 17)])
+def test_block_top_k_equals_topk(n_columns, k):
+    # against torch.topk: a wrong group statistic (mean instead of max) or a forgotten tail (1061 = 16
+    # groups of 64 + 37 columns, with the row maxima planted there) picks other columns
+    generator = torch.Generator().manual_seed(n_columns + k)
+    similarities = torch.randn(40, n_columns, generator=generator)
+    similarities[::2, -1] = 10.0
+    scores, indices = search.block_top_k(similarities, k)
+    expected = similarities.topk(k, dim=1)
+    assert torch.equal(scores, expected.values) and torch.equal(indices, expected.indices)
+
+
+def test_block_top_k_with_ties_returns_k_distinct_columns_of_the_top_values():
+    similarities = torch.randint(0, 4, (30, 2000), generator=torch.Generator().manual_seed(0)).float()
+    scores, indices = search.block_top_k(similarities, 7)
+    assert torch.equal(scores, similarities.topk(7, dim=1).values)
+    assert torch.equal(similarities.gather(1, indices), scores)
+    assert all(len(set(row.tolist())) == 7 for row in indices)
+
+
+def test_auto_search_times_both_backends_once_and_keeps_the_faster(monkeypatch):
+    generator = torch.Generator().manual_seed(3)
+    gallery = F.normalize(torch.randn(3000, 32, generator=generator), dim=1)
+    queries = F.normalize(torch.randn(50, 32, generator=generator), dim=1)
+    expected = top_k_search(queries, gallery, 5, backend="torch")
+    monkeypatch.setattr(search, "PROBE_MIN_MACS", 1)
+    monkeypatch.setattr(search, "PROBE_QUERIES", 12)
+    real = dict(search._SEARCHES)
+    for slow, fast in (("faiss", "torch"), ("torch", "faiss")):
+        monkeypatch.setattr(search, "_faster_backend", {})
+        calls = []
+
+        def slowed(q, g, k, name=slow):
+            time.sleep(0.05)
+            return real[name](q, g, k)
+
+        monkeypatch.setitem(search._SEARCHES, slow, slowed)
+        monkeypatch.setitem(search._SEARCHES, fast, lambda q, g, k, name=fast, calls=calls: calls.append(len(q)) or real[name](q, g, k))
+        assert search.search_backend(queries, gallery) == "timed"
+        scores, indices = top_k_search(queries, gallery, 5)  # 12 queries each way, then 26 the faster way
+        assert torch.equal(indices, expected[1])  # the three parts in the queries' order
+        torch.testing.assert_close(scores, expected[0], rtol=0, atol=1e-5)
+        assert search.search_backend(queries, gallery) == fast  # kept for this shape class
+        top_k_search(queries, gallery, 5)
+        assert calls == [8, 12, 26, 50]  # warm-up, timed part, rest, then the whole next search
+        monkeypatch.setitem(search._SEARCHES, slow, real[slow])
 
 
 def test_faiss_and_torch_search_give_the_same_neighbours(monkeypatch):
@@ -223,16 +275,16 @@ def test_faiss_and_torch_search_give_the_same_neighbours(monkeypatch):
     by_faiss = top_k_search(queries, gallery, 10, backend="faiss")
     assert torch.equal(by_faiss[1], by_torch[1])
     torch.testing.assert_close(by_faiss[0], by_torch[0], rtol=0, atol=1e-5)
-    # auto: faiss from FAISS_MIN_GALLERY items on, torch below it or without faiss
-    assert metrics.search_backend(queries, gallery) == "torch"
-    monkeypatch.setattr(metrics, "FAISS_MIN_GALLERY", 3000)
-    assert metrics.search_backend(queries, gallery) == "faiss"
+    # auto: faiss from FAISS_MIN_GALLERY items on, torch below it (search too small to time) or without faiss
+    assert search.search_backend(queries, gallery) == "torch"
+    monkeypatch.setattr(search, "FAISS_MIN_GALLERY", 3000)
+    assert search.search_backend(queries, gallery) == "faiss"
     calls = []
     real_knn = faiss.knn
     monkeypatch.setattr(faiss, "knn", lambda *args, **kwargs: calls.append(1) or real_knn(*args, **kwargs))
     assert torch.equal(top_k_search(queries, gallery, 10)[1], by_torch[1]) and calls == [1]
     monkeypatch.setitem(sys.modules, "faiss", None)  # not installed: import fails
-    assert metrics.search_backend(queries, gallery) == "torch"
+    assert search.search_backend(queries, gallery) == "torch"
     assert torch.equal(top_k_search(queries, gallery, 10)[1], by_torch[1])
 
 

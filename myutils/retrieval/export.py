@@ -22,7 +22,7 @@ from myutils.export.onnx import Exporter, ExportSpec, require_file
 from myutils.files import atomic_output
 from myutils.retrieval.embedding import EmbeddedImages
 from myutils.retrieval.gallery_cache import file_digest, relative_key
-from myutils.retrieval.metrics import faiss_available
+from myutils.retrieval.search import faiss_available
 from myutils.training.log import write_json_atomic
 
 GALLERY_FORMAT_VERSION = 1

@@ -20,59 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from myutils.cli import InputError
-
-FAISS_MIN_GALLERY = 250_000  # from here on the torch blocks hold < 256 queries: faiss blocks both dimensions
-SIMILARITY_BLOCK_ELEMENTS = 1 << 26  # torch path: at most 256 MiB of float32 similarities at a time
-
-
-def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def search_backend(queries: torch.Tensor, gallery: torch.Tensor, backend: str = "auto") -> str:
-    """``"faiss"`` or ``"torch"``: ``auto`` picks faiss for a large CPU gallery when it is installed."""
-    if backend not in ("auto", "torch", "faiss"):
-        raise InputError(f"search backend must be auto, torch or faiss, got {backend!r}")
-    if backend != "auto":
-        return backend
-    on_cpu = queries.device.type == gallery.device.type == "cpu"
-    return "faiss" if on_cpu and gallery.shape[0] >= FAISS_MIN_GALLERY and faiss_available() else "torch"
-
-
-def top_k_search(
-    queries: torch.Tensor, gallery: torch.Tensor, k: int, backend: str = "auto"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` gallery items per query by inner product (cosine for L2-normalised embeddings).
-
-    ``backend="auto"`` uses faiss's exact ``knn`` (the kernel of ``IndexFlatIP``) for galleries of at
-    least :data:`FAISS_MIN_GALLERY` items on the CPU when faiss is installed, and a torch matmul +
-    ``topk`` in query blocks of bounded memory otherwise; both give the same neighbours.
-    Returns ``(scores [Q, k], indices [Q, k])``, best first, on the queries' device.
-    """
-    k = min(k, gallery.shape[0])
-    if search_backend(queries, gallery, backend) == "faiss":
-        import faiss
-
-        scores, indices = faiss.knn(_as_float32_numpy(queries), _as_float32_numpy(gallery), k,
-                                    metric=faiss.METRIC_INNER_PRODUCT)
-        return torch.from_numpy(scores), torch.from_numpy(indices)
-    rows = max(1, SIMILARITY_BLOCK_ELEMENTS // max(1, gallery.shape[0]))
-    scores, indices = [], []
-    for start in range(0, queries.shape[0], rows):
-        block_scores, block_indices = (queries[start : start + rows] @ gallery.T).topk(k, dim=1)
-        scores.append(block_scores)
-        indices.append(block_indices)
-    if not scores:
-        return queries.new_empty(0, k), torch.empty(0, k, dtype=torch.long, device=queries.device)
-    return torch.cat(scores), torch.cat(indices)
-
-
-def _as_float32_numpy(tensor: torch.Tensor):
-    return tensor.detach().float().cpu().contiguous().numpy()
+from myutils.retrieval.search import top_k_search
 
 
 def retrieval_metrics(
