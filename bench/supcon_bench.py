@@ -6,9 +6,10 @@
    (target ≤ 1.6×).
 3. train.py images/s vs a bare loop doing the same step on in-memory tensors (target ≥ 0.8: the input
    pipeline must not starve the model); the second epoch is timed, DataLoader start-up included.
-4. Top-5 search of 1,000 queries in a 10,000 × 512 gallery: ``myutils.retrieval.metrics.top_k_search`` (backend
-   auto: torch at this size) vs faiss ``IndexFlatIP`` at its defaults and with the best OpenBLAS kernel of a
-   two-value sweep (``OPENBLAS_CORETYPE``, each in its own process) (target ≤ 1.0×).
+4. Top-5 search of 1,000 queries in a 10,000 × 512 gallery: ``myutils.retrieval.search.top_k_search`` (backend
+   auto: torch, or faiss's own kernel where the first search timed it faster) vs faiss ``IndexFlatIP`` at its
+   defaults and with the best OpenBLAS kernel of a two-value sweep (``OPENBLAS_CORETYPE``, each in its own
+   process) (target ≤ 1.0×).
 
     python bench/supcon_bench.py            # CPU, about 2-3 minutes on 2 cores
 """
@@ -35,7 +36,7 @@ from loss import SupConLoss  # noqa: E402
 from model import EmbeddingModel  # noqa: E402
 from myutils.cli import non_negative_int, positive_int, run  # noqa: E402
 from myutils.retrieval.grad_cache import accumulated_backward, grad_cache_backward  # noqa: E402
-from myutils.retrieval.metrics import search_backend, top_k_search  # noqa: E402
+from myutils.retrieval.search import search_backend, top_k_search  # noqa: E402
 from myutils.synthetic.garments import generate_garment_dataset  # noqa: E402
 from train import train_supcon  # noqa: E402
 
